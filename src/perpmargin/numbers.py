@@ -62,7 +62,7 @@ NumberLike = Decimal | int | str
 # (30 integer digits + up to 36 fractional digits) so that no silent rounding happens.
 _CTX: Final = decimal.Context(prec=80, rounding=decimal.ROUND_HALF_EVEN, traps=[decimal.InvalidOperation])
 
-_POW10: Final = tuple(10**i for i in range(64))
+_POW10: Final[tuple[int, ...]] = tuple(10**i for i in range(64))
 
 
 def pow10(n: int) -> int:
@@ -71,7 +71,8 @@ def pow10(n: int) -> int:
         return _POW10[n]
     if n < 0:
         raise ValueError(f"pow10 takes n >= 0, was {n}")
-    return 10**n
+    result: int = 10**n
+    return result
 
 
 class Rounding(enum.Enum):

@@ -35,7 +35,7 @@ Schema (all keys documented in ``docs/presets.md``)::
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from importlib import resources
 from pathlib import Path
@@ -46,8 +46,9 @@ from perpmargin.errors import ConfigError, PerpmarginError, UnknownPresetError
 from perpmargin.math.collateral import HaircutTier
 from perpmargin.math.margin import BracketTable, build_brackets
 from perpmargin.numbers import RATE_DECIMALS, parse_decimal, to_quanta
+from perpmargin.price_config import PriceRules, price_rules_from_dict
 
-__all__ = ["Venue", "list_presets", "load_venue", "parse_brackets", "venue_from_dict"]
+__all__ = ["Venue", "default_price_rules", "list_presets", "load_venue", "parse_brackets", "venue_from_dict"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +60,8 @@ class Venue:
     markets: dict[str, Market]
     asset_prices: dict[str, int]
     description: str = ""
+    price_rules: PriceRules = field(default_factory=PriceRules)
+    """Oracle, mark, funding and band rules (``[prices.*]`` and ``[markets.X.oracle|mark|funding|bands]``)."""
 
     def market(self, symbol: str) -> Market:
         """The market named ``symbol``."""
@@ -90,12 +93,16 @@ def load_venue(name_or_path: str | Path) -> Venue:
         The file is not valid TOML or its parameters are inconsistent.
     """
     key = str(name_or_path)
-    if key in _CACHE:
-        return _CACHE[key]
     path = Path(key)
-    if path.suffix == ".toml" or path.exists():
+    is_file = path.suffix == ".toml" or path.exists()
+    if is_file:
         if not path.is_file():
             raise UnknownPresetError("preset file not found", path=key)
+        st = path.stat()
+        key = f"{path.resolve()}|{st.st_mtime_ns}|{st.st_size}"  # an edited file is read again
+    if key in _CACHE:
+        return _CACHE[key]
+    if is_file:
         text = path.read_text(encoding="utf-8")
     else:
         res = resources.files("perpmargin") / "presets" / f"{key}.toml"
@@ -122,6 +129,13 @@ def _dec(table: dict[str, Any], key: str, where: str, default: str | None = None
     if isinstance(v, bool) or not isinstance(v, int | str):
         raise ConfigError(f"'{key}' must be a decimal string", where=where, value=v)
     return str(v)
+
+
+def _int(table: dict[str, Any], key: str, where: str, default: int) -> int:
+    v = table.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ConfigError(f"'{key}' must be an integer", where=where, value=v)
+    return v
 
 
 def _rate(table: dict[str, Any], key: str, where: str, default: str | None = None) -> int:
@@ -204,11 +218,13 @@ def _market(symbol: str, t: dict[str, Any], assets: dict[str, Asset]) -> Market:
         step_sz=to_quanta(_dec(t, "step", where), sdec, field=f"{where}.step", positive=True),
         brackets=brackets,
         min_size_sz=to_quanta(_dec(t, "min_size", where, "0"), sdec, field=f"{where}.min_size", non_negative=True),
-        max_size_sz=None if max_size is None else to_quanta(str(max_size), sdec, field=f"{where}.max_size"),
+        max_size_sz=(
+            None if max_size is None else to_quanta(_dec(t, "max_size", where), sdec, field=f"{where}.max_size")
+        ),
         contract_multiplier=_frac(t, "contract_multiplier", where, "1"),
         maker_fee_r=to_quanta(_dec(t, "maker_fee", where, "0"), RATE_DECIMALS, field=f"{where}.maker_fee"),
         taker_fee_r=_rate(t, "taker_fee", where, "0"),
-        oi_cap_sz=None if oi_cap is None else to_quanta(str(oi_cap), sdec, field=f"{where}.oi_cap"),
+        oi_cap_sz=None if oi_cap is None else to_quanta(_dec(t, "oi_cap", where), sdec, field=f"{where}.oi_cap"),
         dydx_imf_ppm=to_quanta(_dec(dydx, "imf", where, "0"), 6, field=f"{where}.dydx.imf"),
         dydx_mf_ppm=to_quanta(_dec(dydx, "maintenance_fraction", where, "0"), 6, field=f"{where}.dydx.mf"),
         dydx_oi_lower_q=to_quanta(_dec(dydx, "oi_lower_cap", where, "0"), settle_dec, field=f"{where}.dydx.lower"),
@@ -229,7 +245,7 @@ def venue_from_dict(data: dict[str, Any], *, source: str = "<dict>") -> Venue:
             upnl_withdraw_weight_r=_rate(v, "upnl_withdraw_weight", "venue", "0"),
             withdraw_min_notional_r=_rate(v, "withdraw_min_notional", "venue", "0"),
             valuation_asset=str(v.get("valuation_asset", "USDT")),
-            valuation_decimals=int(v.get("valuation_decimals", 8)),
+            valuation_decimals=_int(v, "valuation_decimals", "venue", 8),
         )
         assets: dict[str, Asset] = {}
         prices: dict[str, int] = {}
@@ -247,4 +263,31 @@ def venue_from_dict(data: dict[str, Any], *, source: str = "<dict>") -> Venue:
         raise ConfigError(f"invalid preset {source}: {e}", preset=source) from None
     except (ValueError, TypeError, AttributeError) as e:
         raise ConfigError(f"invalid preset {source}: {e}", preset=source) from None
-    return Venue(rules=rules, assets=assets, markets=markets, asset_prices=prices, description=str(v.get("description", "")))
+    price_rules = price_rules_from_dict(data, markets, assets)
+    return Venue(
+        rules=rules,
+        assets=assets,
+        markets=markets,
+        asset_prices=prices,
+        description=str(v.get("description", "")),
+        price_rules=price_rules,
+    )
+
+
+_SHIPPED_DATA: dict[str, dict[str, Any]] = {}
+
+
+def default_price_rules(rules: VenueRules, markets: dict[str, Market], assets: dict[str, Asset]) -> PriceRules:
+    """Price rules for an engine created without explicit ones.
+
+    The shipped preset named ``rules.name`` supplies them (its ``[prices.*]`` venue defaults and
+    its per-market and per-asset tables; markets or assets it does not list get the venue
+    defaults); for any other venue name the generic defaults of :mod:`perpmargin.price_config`
+    apply. A journal replays through this same path, so live and replayed engines agree.
+    """
+    data = _SHIPPED_DATA.get(rules.name)
+    if data is None and rules.name in list_presets():
+        res = resources.files("perpmargin") / "presets" / f"{rules.name}.toml"
+        data = tomllib.loads(res.read_text(encoding="utf-8"))
+        _SHIPPED_DATA[rules.name] = data
+    return price_rules_from_dict(data or {}, markets, assets)

@@ -121,10 +121,18 @@ def binance_linear_liquidation_price(
         if new_rates == rates:
             return lp
         rates = new_rates
-    # Oscillation between two brackets at a boundary: the boundary notional itself is where
-    # equity meets MM (MM is continuous), so the last root is within one bracket step of it;
-    # take the one that liquidates earlier for the account's net side.
-    return lp
+    # Oscillation between bracket sets (multi-leg only): the roots met along the way all solve
+    # equity = MM for some bracket choice; report the one reached first by the account's net
+    # side (the highest for a net long, the lowest for a net short) so liquidation is never late.
+    roots = [
+        r
+        for key in seen
+        if (r := _binance_linear_solve(wallet_balance, other_mm, other_upnl, legs, list(key))) is not None and r > 0
+    ]
+    if not roots:
+        return None
+    net = sum(leg.signed_side * leg.size for leg in legs)
+    return max(roots) if net >= 0 else min(roots)
 
 
 def binance_inverse_liquidation_price(
@@ -157,9 +165,11 @@ def binance_inverse_liquidation_price(
             s = leg.signed_side
             num += leg.size * mmr + s * leg.size
             den += cum / contract_multiplier + s * leg.size / leg.entry
-        if den <= 0 or num <= 0:
+        if den == 0:
             return None
         lp = num / den
+        if lp <= 0:
+            return None
         new_rates = [bracket_of(leg.size * contract_multiplier / lp) for leg in legs]
         if new_rates == rates:
             return lp

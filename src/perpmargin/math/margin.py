@@ -19,6 +19,7 @@ equals the marginal (per-tier) sum that Bybit describes.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -76,16 +77,20 @@ class BracketTable:
     """An ordered, validated list of brackets covering ``[0, +inf)``."""
 
     brackets: tuple[Bracket, ...]
+    caps_q: tuple[int, ...] = ()
+    """The finite caps in order (derived; the last bracket has none)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "caps_q", tuple(b.cap_q for b in self.brackets if b.cap_q is not None))
 
     def index_for(self, num: int, den: int = 1) -> int:
         """Index of the bracket holding the notional ``num/den`` (settle quanta, ``den > 0``).
 
         A notional equal to a bracket's cap belongs to the next bracket (floors inclusive).
+        Caps are integers, so ``N < cap`` exactly when ``floor(N) < cap``: one floor
+        division and a binary search.
         """
-        for i, b in enumerate(self.brackets):
-            if b.cap_q is None or num < b.cap_q * den:
-                return i
-        return len(self.brackets) - 1  # unreachable: the last cap is None
+        return bisect_right(self.caps_q, num // den if den != 1 else num)
 
     def for_notional(self, num: int, den: int = 1) -> Bracket:
         """The bracket holding the notional ``num/den`` (settle quanta)."""
@@ -163,8 +168,11 @@ def maintenance_margin_q(table: BracketTable, num: int, den: int = 1, *, roundin
     Formula: ``MM = N × MMR_n − cum_n`` with ``n`` the bracket of ``N``; one rounding at the
     end, up by default (a requirement). Never negative.
     """
-    b = table.for_notional(num, den)
-    return max(0, div_round(num * b.mmr_r - b.cum_qr * den, den * RATE_SCALE, rounding))
+    b = table.brackets[bisect_right(table.caps_q, num // den)]
+    top = num * b.mmr_r - b.cum_qr * den
+    if rounding is Rounding.CEIL:  # the common case, inlined: ceil(a / b) == -((-a) // b)
+        return max(0, -(-top // (den * RATE_SCALE)))
+    return max(0, div_round(top, den * RATE_SCALE, rounding))
 
 
 def initial_margin_q(num: int, den: int, leverage: Fraction, *, rounding: Rounding = Rounding.CEIL) -> int:

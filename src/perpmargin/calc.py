@@ -1,0 +1,1887 @@
+"""Venue calculator: margin, liquidation and bankruptcy prices, PnL and sizes, exactly as a venue does.
+
+Every function is keyword-only, takes numbers as ``Decimal``, ``int`` or numeric ``str``
+(a ``float`` raises :class:`~perpmargin.errors.InvalidNumberError`) and returns a ``Decimal``.
+The market comes from a venue preset: ``venue=`` is a shipped preset name
+(``"binance-usdm"``), a path to a user's preset file, or a loaded
+:class:`~perpmargin.presets.Venue`; ``symbol=`` names the market in it.
+
+Units
+-----
+* **size**: base units for a linear market (times its ``contract_multiplier``, e.g. OKX's
+  0.01 BTC contracts), **contracts** for an inverse one (each worth ``contract_multiplier``
+  USD). Sizes are absolute; ``side=`` (``"long"``/``"short"``) gives the direction.
+* **prices** (entry, mark, liquidation, bankruptcy): quote per base (inverse: USD per coin).
+  Inputs need not lie on the market's tick (an entry is an average).
+* **amounts** (margins, wallet balances, PnL, bracket floors and maintenance amounts): the
+  market's **settle asset** (quote for linear, the coin for inverse).
+* **rates** (MMR, fees, haircuts): fractions, ``"0.004"`` for 0.4 %.
+
+Exactness and rounding
+----------------------
+Inside, everything is an exact rational (integers, ``Fraction`` only where a general
+solve needs it). The one rounding happens at the end, in the system's favour unless asked
+otherwise:
+
+=======================  =======================  =========================================
+value                    default quantum          default direction
+=======================  =======================  =========================================
+liquidation price        market tick              long (net long) **up**, short **down**
+bankruptcy price         market tick              long up, short down
+initial / maint. margin  settle-asset quantum     up (a requirement)
+unrealised PnL           settle-asset quantum     down (toward −∞, against the holder)
+notional                 settle-asset quantum     up
+max position size        market size step         down
+collateral value         valuation-asset quantum  down (a credit; a liability: its size up)
+=======================  =======================  =========================================
+
+``rounding=`` (a :class:`~perpmargin.numbers.Rounding` or its name: ``"ceil"``, ``"floor"``,
+``"half_up"``…) changes the direction; ``quantum="0.01"`` or ``places=2`` the quantum (e.g.
+``rounding="half_up", places=2`` to compare with published 2-decimal figures).
+
+``exact=True`` returns the exact value as a :class:`fractions.Fraction` (a liquidation price is
+rarely a terminating decimal: 2,500 − 50,000 over 0.004 − 1 is 47,690.763…). Two cases are
+exact only at a quantum, by definition: dYdX margins (the protocol rounds in quote quantums),
+and a liquidation price found by the ``numeric`` rule (the greatest price quantum at which a
+long is liquidatable, the least for a short).
+
+Liquidation price rules (``liq_price_rule`` of the venue)
+---------------------------------------------------------
+``binance``
+    The FAQ's general formula (mechanics §7.2) with MMR and maintenance amount of the bracket
+    of the notional **at the liquidation price** (re-selected until stable), one-way and hedge
+    legs, cross (``WB − TMM₁ + UPNL₁``) or isolated; COIN-M's formula for inverse markets.
+``bybit``
+    Isolated linear: ``entry ∓ (margin − MM_entry)/size`` with MM on the value at entry (§7.3);
+    isolated inverse: the UTA formula (MM at the liquidation price); cross inverse: the legacy
+    formula with the fee to close at bankruptcy; anything else: the exact numeric root.
+``hyperliquid``
+    ``price − side × margin_available / size / (1 − l × side)`` (§7.4) with ``l`` the MMR of the
+    tier at the liquidation price. With ``margin_available = AV(price) − MM(price)`` this is the
+    root of ``AV(price) + s·q·(P − price) = q·P·l − deduction``, i.e. of ``equity(P) = MM(P)``
+    with the tier at ``P`` — the same equation as Binance's, whatever ``price`` it starts from — so
+    it is computed by the same exact solver (``tests/test_calc_api.py`` checks the documented
+    formula against it).
+``numeric``
+    The root of ``equity(P) = MM(P)`` by exact bisection over price quanta
+    (:func:`perpmargin.math.liquidation.solve_monotone_root`).
+
+A function returns ``None`` where there is no positive liquidation (or bankruptcy) price
+(Binance shows "--").
+
+Speed
+-----
+Markets are looked up once per ``(venue, symbol)`` and kept with their brackets as plain int
+arrays (bracket overrides are cached per table); numeric strings and Decimals are parsed once
+and cached. The common single-position cases of :func:`maintenance_margin` and
+:func:`liquidation_price` (Binance or Hyperliquid rule, linear, one-way) run on plain ints with
+a ``bisect`` bracket lookup and no ``Fraction``; the other cases use exact ``Fraction`` arithmetic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import decimal
+import os
+from bisect import bisect_right
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from fractions import Fraction
+from typing import Final, Literal, NamedTuple, overload
+
+from perpmargin.config import Asset, ContractKind, LiqPriceRule, MarginRule, Market
+from perpmargin.errors import (
+    InvalidInputError,
+    InvalidNumberError,
+    LeverageError,
+    UnknownAssetError,
+    UnknownPresetError,
+    UnknownSymbolError,
+)
+from perpmargin.math.collateral import (
+    drift_size_discount_asset_weight,
+    drift_size_premium_liability_weight,
+)
+from perpmargin.math.liquidation import solve_monotone_root
+from perpmargin.math.margin import BracketTable, build_brackets, dydx_oi_scaled_imf_ppm
+from perpmargin.numbers import RATE_SCALE, NumberLike, Rounding, div_round, parse_decimal, pow10
+from perpmargin.presets import Venue, load_venue
+
+__all__ = [
+    "BracketRow",
+    "LegSpec",
+    "PositionSpec",
+    "VenueLike",
+    "auto_exchange_amount",
+    "bankruptcy_price",
+    "bracket",
+    "bracket_table",
+    "collateral_value",
+    "cum_amounts",
+    "drift_asset_weight",
+    "drift_liability_weight",
+    "hyperliquid_liquidation_threshold",
+    "hyperliquid_portfolio_liquidatable",
+    "initial_margin",
+    "liquidation_price",
+    "maintenance_margin",
+    "max_position_size",
+    "notional",
+    "oi_scaled_imf",
+    "unrealized_pnl",
+]
+
+VenueLike = str | os.PathLike[str] | Venue
+"""A shipped preset name, a path to a preset file, or a loaded :class:`~perpmargin.presets.Venue`."""
+
+BracketInput = Sequence[object] | Mapping[str, object]
+"""One bracket row: ``(floor, mmr, max_leverage)`` or ``{"floor": …, "mmr": …, "max_leverage": …}``."""
+
+TierInput = Sequence[object] | Mapping[str, object]
+"""One collateral tier: ``(upto, ratio)`` (``upto`` ``None`` for the open last tier) or a mapping."""
+
+
+@dataclass(frozen=True, slots=True)
+class PositionSpec:
+    """Another position in the same cross wallet (same venue, same settle asset).
+
+    ``size`` is absolute (base units or contracts); its MM and uPnL are taken at ``mark``
+    (default: ``entry``, i.e. no uPnL).
+    """
+
+    symbol: str
+    side: str
+    size: NumberLike
+    entry: NumberLike
+    mark: NumberLike | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LegSpec:
+    """A leg of the position being solved for: ``kind`` ``"LONG"``/``"SHORT"`` (hedge mode) or
+    ``"BOTH"`` (one-way, with ``side``); ``size`` absolute, ``entry`` its entry price."""
+
+    kind: str
+    size: NumberLike
+    entry: NumberLike
+    side: str | None = None
+
+
+class BracketRow(NamedTuple):
+    """One bracket (risk-limit tier) in human units of the settle asset.
+
+    ``level`` counts from 1 (Binance's "Level 3" is the third bracket).
+    ``cap`` is ``None`` for the last bracket; ``maintenance_amount`` is Binance's ``cum``
+    (Bybit's "MM deduction", Hyperliquid's "deduction"), exact.
+    """
+
+    level: int
+    floor: Decimal
+    cap: Decimal | None
+    mmr: Decimal
+    max_leverage: Decimal
+    maintenance_amount: Decimal
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing (cached for strings: a calculator is called with the same strings again and again)
+# ---------------------------------------------------------------------------------------------
+
+_Rat = tuple[int, int]
+_CACHE_MAX: Final = 8192
+_STR_CACHE: dict[str, _Rat] = {}
+_DEC_CACHE: dict[Decimal, _Rat] = {}  # looked up only for exact Decimals: a float never reaches it
+_DCTX: Final = decimal.Context(prec=120, traps=[decimal.InvalidOperation, decimal.Inexact, decimal.Overflow])
+_INT_LIMIT: Final = 10**30
+
+
+def _num(value: object, field: str) -> _Rat:
+    """Exact ``(numerator, denominator > 0)`` of a public number (validated by ``parse_decimal``)."""
+    if type(value) is Decimal:
+        if value.is_finite():  # (a signalling NaN cannot even be hashed)
+            r = _DEC_CACHE.get(value)
+            if r is not None:
+                return r
+            n, d = value.as_integer_ratio()
+            if -_INT_LIMIT * d < n < _INT_LIMIT * d:
+                if len(_DEC_CACHE) >= _CACHE_MAX:
+                    _DEC_CACHE.clear()
+                _DEC_CACHE[value] = (n, d)
+                return n, d
+    elif isinstance(value, str):
+        r = _STR_CACHE.get(value)
+        if r is None:
+            r = parse_decimal(value, field=field).as_integer_ratio()
+            if len(_STR_CACHE) >= _CACHE_MAX:
+                _STR_CACHE.clear()
+            _STR_CACHE[value] = r
+        return r
+    elif type(value) is int and -_INT_LIMIT < value < _INT_LIMIT:  # exactly int: bool is refused below
+        return value, 1
+    n, d = parse_decimal(value, field=field).as_integer_ratio()
+    return n, d
+
+
+def _pos(value: object, field: str) -> _Rat:
+    """A positive public number as ``(num, den)``; cached strings and Decimals are looked up inline (hot path)."""
+    r: _Rat | None = None
+    if isinstance(value, str):
+        r = _STR_CACHE.get(value)
+    elif isinstance(value, Decimal) and value.is_finite():
+        r = _DEC_CACHE.get(value)
+    if r is None:
+        r = _num(value, field)
+    if r[0] <= 0:
+        raise InvalidNumberError(f"{field} must be positive", field=field, value=str(value))
+    return r
+
+
+def _nonneg(value: object, field: str) -> _Rat:
+    r = _num(value, field)
+    if r[0] < 0:
+        raise InvalidNumberError(f"{field} must not be negative", field=field, value=str(value))
+    return r
+
+
+def _frac(r: _Rat) -> Fraction:
+    return Fraction(r[0], r[1])
+
+
+def _opt_frac(value: object, field: str) -> Fraction:
+    return Fraction(0) if value is None else _frac(_num(value, field))
+
+
+_SIDES: Final = {"long": 1, "short": -1, "buy": 1, "sell": -1}
+
+
+def _side(value: object, field: str = "side") -> int:
+    if isinstance(value, str):
+        s = _SIDES.get(value) or _SIDES.get(value.strip().lower())
+        if s is not None:
+            return s
+    raise InvalidInputError(f"{field} must be 'long' or 'short'", field=field, value=value)
+
+
+def _cross(margin_mode: object) -> bool:
+    if margin_mode == "isolated":
+        return False
+    if margin_mode == "cross":
+        return True
+    if isinstance(margin_mode, str) and margin_mode.strip().lower() in ("isolated", "cross"):
+        return margin_mode.strip().lower() == "cross"
+    raise InvalidInputError("margin_mode must be 'isolated' or 'cross'", margin_mode=margin_mode)
+
+
+def _leverage(value: object) -> Fraction:
+    n, d = _num(value, "leverage")
+    if n < d:  # leverage < 1 (also catches 0 and negatives)
+        raise LeverageError("leverage must be at least 1", leverage=str(value))
+    return Fraction(n, d)
+
+
+# ---------------------------------------------------------------------------------------------
+# Markets (cached per venue and symbol; bracket overrides cached per table)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Mkt:
+    venue: Venue
+    market: Market
+    settle: Asset
+    sdec: int
+    sscale: int
+    squant: Decimal
+    pscale: int
+    tick_px: int
+    tick: Decimal
+    sz_scale: int
+    step_sz: int
+    inverse: bool
+    cm_n: int
+    cm_d: int
+    table: BracketTable
+    caps: list[int]  # finite bracket caps, settle quanta (len = brackets − 1), for bisect
+    mmr: tuple[int, ...]
+    mmr_s: tuple[int, ...]  # MMR × settle scale
+    cum: tuple[int, ...]
+    rscale: int  # RATE_SCALE × settle scale
+    rule: LiqPriceRule
+    dydx: bool
+    closed_linear: bool  # Binance or Hyperliquid rule on a linear, tiered market: the integer solver applies
+
+
+_MKT_CACHE: dict[tuple[object, ...], _Mkt] = {}
+_BY_NAME: dict[str, dict[str, _Mkt]] = {}
+
+
+def _load(venue: object) -> Venue:
+    if isinstance(venue, Venue):
+        return venue
+    if isinstance(venue, str | os.PathLike):
+        return load_venue(os.fspath(venue))
+    raise UnknownPresetError("venue must be a preset name, a preset path or a Venue", venue=repr(venue))
+
+
+def _with_table(base: _Mkt, table: BracketTable) -> _Mkt:
+    return dataclasses.replace(
+        base,
+        table=table,
+        caps=[b.cap_q for b in table.brackets if b.cap_q is not None],
+        mmr=tuple(b.mmr_r for b in table.brackets),
+        mmr_s=tuple(b.mmr_r * base.sscale for b in table.brackets),
+        cum=tuple(b.cum_qr for b in table.brackets),
+    )
+
+
+def _mkt(venue: object, symbol: object, brackets: Sequence[BracketInput] | None = None) -> _Mkt:
+    if brackets is None and type(venue) is str:
+        by_symbol = _BY_NAME.get(venue)
+        if by_symbol is not None:
+            hit = by_symbol.get(symbol) if isinstance(symbol, str) else None
+            if hit is not None:
+                return hit
+    m = _mkt_slow(venue, symbol, brackets)
+    if brackets is None and type(venue) is str and type(symbol) is str:
+        _BY_NAME.setdefault(venue, {})[symbol] = m
+    return m
+
+
+def _mkt_slow(venue: object, symbol: object, brackets: Sequence[BracketInput] | None) -> _Mkt:
+    vkey: object = venue if type(venue) is str else (id(venue) if isinstance(venue, Venue) else None)
+    if vkey is None:
+        v0 = _load(venue)
+        vkey = os.fspath(venue)  # type: ignore[call-overload]
+        venue = v0
+    key: tuple[object, ...] = (vkey, symbol)
+    m = _MKT_CACHE.get(key)
+    if m is None:
+        m = _build_mkt(_load(venue), symbol)
+        if len(_MKT_CACHE) >= 512:
+            _MKT_CACHE.clear()
+            _BY_NAME.clear()
+        _MKT_CACHE[key] = m
+    if brackets is None:
+        return m
+    bkey = (*key, _brackets_key(brackets))
+    mb = _MKT_CACHE.get(bkey)
+    if mb is None:
+        mb = _with_table(m, _parse_brackets(brackets, m.sdec))
+        _MKT_CACHE[bkey] = mb
+    return mb
+
+
+def _plain(d: Decimal) -> Decimal:
+    """``d`` without trailing zeros and never in exponent notation (``0.10`` → ``0.1``, ``1E+1`` → ``10``)."""
+    n = d.normalize(_DCTX)
+    return n.quantize(Decimal(1)) if n.as_tuple().exponent > 0 else n  # type: ignore[operator]
+
+
+def _build_mkt(v: Venue, symbol: object) -> _Mkt:
+    if not isinstance(symbol, str):
+        raise UnknownSymbolError("symbol must be a string", symbol=repr(symbol))
+    market = v.markets.get(symbol)
+    if market is None:
+        raise UnknownSymbolError(
+            "no such market in this venue", symbol=symbol, venue=v.rules.name, available=sorted(v.markets)
+        )
+    settle = v.assets[market.settle_asset]
+    t = market.brackets
+    return _Mkt(
+        venue=v,
+        market=market,
+        settle=settle,
+        sdec=settle.decimals,
+        sscale=pow10(settle.decimals),
+        squant=Decimal(1).scaleb(-settle.decimals),
+        pscale=pow10(market.price_decimals),
+        tick_px=market.tick_px,
+        tick=_plain(Decimal(market.tick_px).scaleb(-market.price_decimals)),
+        sz_scale=pow10(market.size_decimals),
+        step_sz=market.step_sz,
+        inverse=market.kind is ContractKind.INVERSE,
+        cm_n=market.contract_multiplier.numerator,
+        cm_d=market.contract_multiplier.denominator,
+        table=t,
+        caps=[b.cap_q for b in t.brackets if b.cap_q is not None],
+        mmr=tuple(b.mmr_r for b in t.brackets),
+        mmr_s=tuple(b.mmr_r * pow10(settle.decimals) for b in t.brackets),
+        cum=tuple(b.cum_qr for b in t.brackets),
+        rscale=RATE_SCALE * pow10(settle.decimals),
+        rule=v.rules.liq_price_rule,
+        dydx=v.rules.margin_rule is MarginRule.DYDX,
+        closed_linear=(
+            v.rules.liq_price_rule in (LiqPriceRule.BINANCE, LiqPriceRule.HYPERLIQUID)
+            and market.kind is ContractKind.LINEAR
+            and v.rules.margin_rule is not MarginRule.DYDX
+        ),
+    )
+
+
+def _brackets_key(rows: Sequence[BracketInput]) -> tuple[object, ...]:
+    if isinstance(rows, str | bytes) or not isinstance(rows, Sequence):
+        raise InvalidInputError("brackets must be a list of (floor, mmr, max_leverage) rows")
+    out: list[object] = []
+    for row in rows:
+        items = sorted(row.items()) if isinstance(row, Mapping) else list(row) if isinstance(row, Sequence) else [row]
+        out.append(tuple((type(x).__name__, str(x)) for x in items))
+    return tuple(out)
+
+
+def _parse_brackets(rows: Sequence[BracketInput], sdec: int) -> BracketTable:
+    built: list[tuple[int, int, Fraction]] = []
+    for i, row in enumerate(rows):
+        if isinstance(row, Mapping):
+            try:
+                floor, mmr, lev = row["floor"], row["mmr"], row["max_leverage"]
+            except KeyError as e:
+                raise InvalidInputError(f"bracket {i} lacks {e}", bracket=i) from None
+        elif isinstance(row, Sequence) and not isinstance(row, str | bytes) and len(row) == 3:
+            floor, mmr, lev = row
+        else:
+            raise InvalidInputError("a bracket is (floor, mmr, max_leverage)", bracket=i, row=repr(row))
+        fn, fd = _nonneg(floor, f"brackets[{i}].floor")
+        if (fn * pow10(sdec)) % fd:
+            raise InvalidNumberError(
+                f"brackets[{i}].floor has more than {sdec} decimal places", field="floor", value=str(floor)
+            )
+        mn, md = _pos(mmr, f"brackets[{i}].mmr")
+        if (mn * RATE_SCALE) % md:
+            raise InvalidNumberError(f"brackets[{i}].mmr has more than 9 decimal places", value=str(mmr))
+        built.append((fn * pow10(sdec) // fd, mn * RATE_SCALE // md, _frac(_pos(lev, f"brackets[{i}].max_leverage"))))
+    return build_brackets(built)
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+# ---------------------------------------------------------------------------------------------
+
+
+def _quantum(quantum: object, places: object) -> tuple[Decimal, int, int] | None:
+    if quantum is None and places is None:
+        return None
+    if quantum is not None and places is not None:
+        raise InvalidInputError("give quantum= or places=, not both")
+    if places is not None:
+        if isinstance(places, bool) or not isinstance(places, int) or not 0 <= places <= 30:
+            raise InvalidNumberError("places must be an int in [0, 30]", field="places", value=places)
+        return Decimal(1).scaleb(-places), 1, pow10(places)
+    q = _plain(parse_decimal(quantum, field="quantum", positive=True))
+    n, d = q.as_integer_ratio()
+    return q, n, d
+
+
+def _finish(
+    num: int,
+    den: int,
+    q_dec: Decimal,
+    q_num: int,
+    q_den: int,
+    default: Rounding,
+    rounding: Rounding | str | None,
+    quantum: object,
+    places: object,
+    exact: bool,
+) -> Decimal | Fraction:
+    """``num/den`` (``den != 0``) rounded once to a multiple of the quantum, or exact."""
+    if exact:
+        return Fraction(num, den)
+    rnd = default if rounding is None else Rounding.parse(rounding)
+    if quantum is not None or places is not None:
+        qq = _quantum(quantum, places)
+        assert qq is not None
+        q_dec, q_num, q_den = qq
+    k = div_round(num * q_den, den * q_num, rnd)
+    return _DCTX.multiply(Decimal(k), q_dec)
+
+
+def _fin_settle(
+    m: _Mkt, num: int, den: int, default: Rounding, rounding: object, quantum: object, places: object, exact: bool
+) -> Decimal | Fraction:
+    return _finish(num, den, m.squant, 1, m.sscale, default, rounding, quantum, places, exact)  # type: ignore[arg-type]
+
+
+def _fin_price(
+    m: _Mkt, num: int, den: int, long_like: bool, rounding: object, quantum: object, places: object, exact: bool
+) -> Decimal | Fraction:
+    default = Rounding.CEIL if long_like else Rounding.FLOOR
+    return _finish(
+        num, den, m.tick, m.tick_px, m.pscale, default, rounding, quantum, places, exact  # type: ignore[arg-type]
+    )
+
+
+def _exact_decimal(x: Fraction) -> Decimal:
+    """A terminating rational as a plain Decimal (no exponent notation)."""
+    return _plain(_DCTX.divide(Decimal(x.numerator), Decimal(x.denominator)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Margin core (exact; notionals are rationals in settle units)
+# ---------------------------------------------------------------------------------------------
+
+
+def _notional(m: _Mkt, size: _Rat, price: _Rat) -> _Rat:
+    """``|size| × cm × price`` (linear) or ``|size| × cm / price`` (inverse), settle units."""
+    if m.inverse:
+        return size[0] * m.cm_n * price[1], size[1] * m.cm_d * price[0]
+    return size[0] * m.cm_n * price[0], size[1] * m.cm_d * price[1]
+
+
+def _idx(m: _Mkt, nn: int, nd: int) -> int:
+    """Bracket of the notional ``nn/nd`` (settle units): for an integer cap, ``x < cap ⇔ floor(x) < cap``."""
+    return bisect_right(m.caps, nn * m.sscale // nd)
+
+
+class _Ovr(NamedTuple):
+    """Per-call maintenance override: ``MM = N × mmr − amount`` (rationals)."""
+
+    mmr: Fraction
+    amount: Fraction
+
+
+class _Dydx(NamedTuple):
+    imf_ppm: int
+    mf_ppm: int
+    lower: Fraction
+    upper: Fraction
+    oi: Fraction
+
+
+def _ovr(mmr: object, maintenance_amount: object) -> _Ovr | None:
+    if mmr is None:
+        if maintenance_amount is not None:
+            raise InvalidInputError("maintenance_amount= needs mmr= as well")
+        return None
+    rate = _frac(_nonneg(mmr, "mmr"))
+    if rate >= 1:
+        raise InvalidNumberError("mmr must be below 1", field="mmr", value=str(mmr))
+    return _Ovr(rate, _opt_frac(maintenance_amount, "maintenance_amount"))
+
+
+def _ppm(value: object, field: str) -> int:
+    n, d = _nonneg(value, field)
+    if (n * 1_000_000) % d:
+        raise InvalidNumberError(f"{field} has more than 6 decimal places (ppm)", field=field, value=str(value))
+    return n * 1_000_000 // d
+
+
+def _dydx(
+    m: _Mkt, imf: object, mf: object, lower: object, upper: object, oi: object
+) -> _Dydx:
+    mk = m.market
+    return _Dydx(
+        imf_ppm=mk.dydx_imf_ppm if imf is None else _ppm(imf, "imf"),
+        mf_ppm=mk.dydx_mf_ppm if mf is None else _ppm(mf, "maintenance_fraction"),
+        lower=Fraction(mk.dydx_oi_lower_q, m.sscale) if lower is None else _frac(_nonneg(lower, "oi_lower_cap")),
+        upper=Fraction(mk.dydx_oi_upper_q, m.sscale) if upper is None else _frac(_nonneg(upper, "oi_upper_cap")),
+        oi=Fraction(0) if oi is None else _frac(_nonneg(oi, "open_interest")),
+    )
+
+
+def _scaled_imf_ppm(imf_ppm: int, lower: Fraction, upper: Fraction, oi: Fraction) -> int:
+    """dYdX OI-scaled IMF (ppm, floored); caps and OI in one unit, scaled to a common integer."""
+    den = lower.denominator * upper.denominator * oi.denominator
+    return dydx_oi_scaled_imf_ppm(imf_ppm, int(lower * den), int(upper * den), int(oi * den))
+
+
+def _mm(m: _Mkt, nn: int, nd: int, ovr: _Ovr | None, dyd: _Dydx | None) -> _Rat:
+    """Maintenance margin of the notional ``nn/nd`` (settle units), exact, never negative."""
+    if ovr is not None:
+        v = Fraction(nn, nd) * ovr.mmr - ovr.amount
+        return (v.numerator, v.denominator) if v > 0 else (0, 1)
+    if dyd is not None:
+        base = div_round(nn * m.sscale * dyd.imf_ppm, nd * 1_000_000, Rounding.CEIL)
+        return div_round(base * dyd.mf_ppm, 1_000_000, Rounding.CEIL), m.sscale
+    i = _idx(m, nn, nd)
+    num = nn * m.mmr[i] * m.sscale - m.cum[i] * nd
+    return (num, nd * RATE_SCALE * m.sscale) if num > 0 else (0, 1)
+
+
+def _mm_frac(m: _Mkt, n: Fraction, ovr: _Ovr | None, dyd: _Dydx | None) -> Fraction:
+    a, b = _mm(m, n.numerator, n.denominator, ovr, dyd)
+    return Fraction(a, b)
+
+
+def _rates(m: _Mkt, n: Fraction, ovr: _Ovr | None) -> tuple[Fraction, Fraction, int]:
+    """``(MMR, maintenance amount, bracket index)`` for the notional ``n`` (settle units)."""
+    if ovr is not None:
+        return ovr.mmr, ovr.amount, -1
+    i = _idx(m, n.numerator, n.denominator)
+    return Fraction(m.mmr[i], RATE_SCALE), Fraction(m.cum[i], RATE_SCALE * m.sscale), i
+
+
+def _check_leverage(m: _Mkt, lev: Fraction, nn: int, nd: int) -> None:
+    b = m.table.brackets[_idx(m, nn, nd)]
+    if lev > b.max_leverage:
+        raise LeverageError(
+            "leverage above the maximum of the bracket the position falls in",
+            symbol=m.market.symbol,
+            leverage=str(lev),
+            bracket=_idx(m, nn, nd),
+            bracket_max=str(b.max_leverage),
+        )
+
+
+def _dyd_for(m: _Mkt, imf: object = None, mf: object = None) -> _Dydx | None:
+    if not m.dydx:
+        return None
+    return _dydx(m, imf, mf, None, None, None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public: notional, brackets
+# ---------------------------------------------------------------------------------------------
+
+
+def _size_price_or_notional(m: _Mkt, size: object, price: object, notional: object) -> _Rat:
+    if notional is not None:
+        if size is not None or price is not None:
+            raise InvalidInputError("give notional= or size= and price=, not both")
+        return _pos(notional, "notional")
+    if size is None or price is None:
+        raise InvalidInputError("size= and price= (or notional=) are required")
+    return _notional(m, _pos(size, "size"), _pos(price, "price"))
+
+
+@overload
+def notional(
+    *, venue: VenueLike, symbol: str, size: NumberLike, price: NumberLike,
+    rounding: Rounding | str | None = None, quantum: NumberLike | None = None, places: int | None = None,
+    exact: Literal[False] = False,
+) -> Decimal: ...
+@overload
+def notional(
+    *, venue: VenueLike, symbol: str, size: NumberLike, price: NumberLike,
+    rounding: Rounding | str | None = None, quantum: NumberLike | None = None, places: int | None = None,
+    exact: Literal[True],
+) -> Fraction: ...
+@overload
+def notional(
+    *, venue: VenueLike, symbol: str, size: NumberLike, price: NumberLike,
+    rounding: Rounding | str | None = None, quantum: NumberLike | None = None, places: int | None = None,
+    exact: bool,
+) -> Decimal | Fraction: ...
+def notional(
+    *, venue: VenueLike, symbol: str, size: NumberLike, price: NumberLike,
+    rounding: Rounding | str | None = None, quantum: NumberLike | None = None, places: int | None = None,
+    exact: bool = False,
+) -> Decimal | Fraction:
+    """Notional of a position in the settle asset.
+
+    Formula: linear ``size × contract_multiplier × price``; inverse
+    ``contracts × contract_multiplier / price`` (coin). Rounded up to the settle quantum by default.
+    """
+    m = _mkt(venue, symbol)
+    nn, nd = _notional(m, _pos(size, "size"), _pos(price, "price"))
+    return _fin_settle(m, nn, nd, Rounding.CEIL, rounding, quantum, places, exact)
+
+
+def _row(m: _Mkt, i: int) -> BracketRow:
+    b = m.table.brackets[i]
+    return BracketRow(
+        level=i + 1,
+        floor=_exact_decimal(Fraction(b.floor_q, m.sscale)),
+        cap=None if b.cap_q is None else _exact_decimal(Fraction(b.cap_q, m.sscale)),
+        mmr=_exact_decimal(Fraction(b.mmr_r, RATE_SCALE)),
+        max_leverage=_exact_decimal(b.max_leverage),
+        maintenance_amount=_exact_decimal(Fraction(b.cum_qr, RATE_SCALE * m.sscale)),
+    )
+
+
+def bracket_table(
+    *, venue: VenueLike, symbol: str, brackets: Sequence[BracketInput] | None = None
+) -> list[BracketRow]:
+    """Every bracket of the market (or of ``brackets=``), in settle units, with its maintenance amount.
+
+    ``maintenance_amount`` (cum) follows ``cum_0 = 0``, ``cum_n = floor_n × (MMR_n − MMR_{n−1}) + cum_{n−1}``
+    and is exact (no rounding).
+    """
+    m = _mkt(venue, symbol, brackets)
+    return [_row(m, i) for i in range(len(m.mmr))]
+
+
+def bracket(
+    *,
+    venue: VenueLike,
+    symbol: str,
+    notional: NumberLike | None = None,
+    size: NumberLike | None = None,
+    price: NumberLike | None = None,
+    brackets: Sequence[BracketInput] | None = None,
+) -> BracketRow:
+    """The bracket whose ``[floor, cap)`` holds the notional (given, or ``size`` at ``price``).
+
+    A notional equal to a bracket's cap belongs to the next bracket (floors are inclusive).
+    """
+    m = _mkt(venue, symbol, brackets)
+    nn, nd = _size_price_or_notional(m, size, price, notional)
+    return _row(m, _idx(m, nn, nd))
+
+
+def cum_amounts(
+    *, venue: VenueLike, symbol: str, brackets: Sequence[BracketInput] | None = None
+) -> list[Decimal]:
+    """Maintenance amounts (Binance ``cum``) of every bracket, exact, in the settle asset.
+
+    Formula: ``cum_0 = 0``, ``cum_n = floor_n × (MMR_n − MMR_{n−1}) + cum_{n−1}``.
+    """
+    return [r.maintenance_amount for r in bracket_table(venue=venue, symbol=symbol, brackets=brackets)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Public: initial and maintenance margin, uPnL
+# ---------------------------------------------------------------------------------------------
+
+
+@overload
+def initial_margin(
+    *, venue: VenueLike, symbol: str, size: NumberLike | None = None, price: NumberLike | None = None,
+    notional: NumberLike | None = None, leverage: NumberLike | None = None,
+    include_closing_fee: bool | None = None, taker_fee: NumberLike | None = None,
+    brackets: Sequence[BracketInput] | None = None, imf: NumberLike | None = None,
+    oi_lower_cap: NumberLike | None = None, oi_upper_cap: NumberLike | None = None,
+    open_interest: NumberLike | None = None,
+    rounding: Rounding | str | None = None, quantum: NumberLike | None = None, places: int | None = None,
+    exact: Literal[False] = False,
+) -> Decimal: ...
+@overload
+def initial_margin(
+    *, venue: VenueLike, symbol: str, size: NumberLike | None = None, price: NumberLike | None = None,
+    notional: NumberLike | None = None, leverage: NumberLike | None = None,
+    include_closing_fee: bool | None = None, taker_fee: NumberLike | None = None,
+    brackets: Sequence[BracketInput] | None = None, imf: NumberLike | None = None,
+    oi_lower_cap: NumberLike | None = None, oi_upper_cap: NumberLike | None = None,
+    open_interest: NumberLike | None = None,
+    rounding: Rounding | str | None = None, quantum: NumberLike | None = None, places: int | None = None,
+    exact: Literal[True],
+) -> Fraction: ...
+@overload
+def initial_margin(
+    *, venue: VenueLike, symbol: str, size: NumberLike | None = None, price: NumberLike | None = None,
+    notional: NumberLike | None = None, leverage: NumberLike | None = None,
+    include_closing_fee: bool | None = None, taker_fee: NumberLike | None = None,
+    brackets: Sequence[BracketInput] | None = None, imf: NumberLike | None = None,
+    oi_lower_cap: NumberLike | None = None, oi_upper_cap: NumberLike | None = None,
+    open_interest: NumberLike | None = None,
+    rounding: Rounding | str | None = None, quantum: NumberLike | None = None, places: int | None = None,
+    exact: bool,
+) -> Decimal | Fraction: ...
+def initial_margin(
+    *, venue: VenueLike, symbol: str, size: NumberLike | None = None, price: NumberLike | None = None,
+    notional: NumberLike | None = None, leverage: NumberLike | None = None,
+    include_closing_fee: bool | None = None, taker_fee: NumberLike | None = None,
+    brackets: Sequence[BracketInput] | None = None, imf: NumberLike | None = None,
+    oi_lower_cap: NumberLike | None = None, oi_upper_cap: NumberLike | None = None,
+    open_interest: NumberLike | None = None,
+    rounding: Rounding | str | None = None, quantum: NumberLike | None = None, places: int | None = None,
+    exact: bool = False,
+) -> Decimal | Fraction:
+    """Initial margin of a position of ``size`` at ``price`` (or of ``notional``), settle asset.
+
+    Formula (tiered venues): ``IM = N / leverage`` (+ ``N × taker_fee`` when the closing fee is
+    reserved: ``include_closing_fee`` defaults to the venue's ``reserve_closing_fee``; the fee is
+    taken on ``N`` as the engine does, which for a long is above Bybit's estimate on the
+    bankruptcy value — the system's side).
+    ``leverage`` defaults to the market's default and must lie in ``[1, max leverage of the
+    bracket of N]`` (else :class:`~perpmargin.errors.LeverageError`).
+
+    dYdX (``margin_rule = "dydx"``): ``IM = ceil_q(N × max(IMF_eff, 1/leverage))`` in quote
+    quanta, ``IMF_eff`` scaled up by open interest between the caps (ppm, floored); ``1/leverage``
+    counts only when ``leverage`` is given. ``imf``, ``oi_lower_cap``, ``oi_upper_cap`` override the
+    market's tier; ``open_interest`` is the market's open-interest notional (settle units, default 0).
+
+    Rounding: up to the settle quantum (a requirement).
+    """
+    m = _mkt(venue, symbol, brackets)
+    nn, nd = _size_price_or_notional(m, size, price, notional)
+    fee_on = m.venue.rules.reserve_closing_fee if include_closing_fee is None else bool(include_closing_fee)
+    fee = Fraction(m.market.taker_fee_r, RATE_SCALE) if taker_fee is None else _frac(_nonneg(taker_fee, "taker_fee"))
+    lev: Fraction | None = None
+    if leverage is not None:
+        lev = _leverage(leverage)
+    if m.dydx:
+        if lev is not None and lev > m.market.max_leverage:
+            raise LeverageError(
+                "leverage above the market's maximum", leverage=str(lev), max=str(m.market.max_leverage)
+            )
+        d = _dydx(m, imf, None, oi_lower_cap, oi_upper_cap, open_interest)
+        imf_eff = _scaled_imf_ppm(d.imf_ppm, d.lower, d.upper, d.oi)
+        lev_ppm = 0 if lev is None else div_round(1_000_000 * lev.denominator, lev.numerator, Rounding.CEIL)
+        im_q = div_round(nn * m.sscale * max(imf_eff, lev_ppm), nd * 1_000_000, Rounding.CEIL)
+        if fee_on and fee:
+            im_q += div_round(nn * m.sscale * fee.numerator, nd * fee.denominator, Rounding.CEIL)
+        return _fin_settle(m, im_q, m.sscale, Rounding.CEIL, rounding, quantum, places, exact)
+    if lev is None:
+        lev = m.market.default_leverage
+    _check_leverage(m, lev, nn, nd)
+    im = Fraction(nn * lev.denominator, nd * lev.numerator)
+    if fee_on:
+        im += Fraction(nn, nd) * fee
+    return _fin_settle(m, im.numerator, im.denominator, Rounding.CEIL, rounding, quantum, places, exact)
+
+
+@overload
+def maintenance_margin(
+    *, venue: VenueLike, symbol: str, size: NumberLike | None = None, price: NumberLike | None = None,
+    notional: NumberLike | None = None, brackets: Sequence[BracketInput] | None = None,
+    mmr: NumberLike | None = None, maintenance_amount: NumberLike | None = None,
+    imf: NumberLike | None = None, maintenance_fraction: NumberLike | None = None,
+    rounding: Rounding | str | None = None, quantum: NumberLike | None = None, places: int | None = None,
+    exact: Literal[False] = False,
+) -> Decimal: ...
+@overload
+def maintenance_margin(
+    *, venue: VenueLike, symbol: str, size: NumberLike | None = None, price: NumberLike | None = None,
+    notional: NumberLike | None = None, brackets: Sequence[BracketInput] | None = None,
+    mmr: NumberLike | None = None, maintenance_amount: NumberLike | None = None,
+    imf: NumberLike | None = None, maintenance_fraction: NumberLike | None = None,
+    rounding: Rounding | str | None = None, quantum: NumberLike | None = None, places: int | None = None,
+    exact: Literal[True],
+) -> Fraction: ...
+@overload
+def maintenance_margin(
+    *, venue: VenueLike, symbol: str, size: NumberLike | None = None, price: NumberLike | None = None,
+    notional: NumberLike | None = None, brackets: Sequence[BracketInput] | None = None,
+    mmr: NumberLike | None = None, maintenance_amount: NumberLike | None = None,
+    imf: NumberLike | None = None, maintenance_fraction: NumberLike | None = None,
+    rounding: Rounding | str | None = None, quantum: NumberLike | None = None, places: int | None = None,
+    exact: bool,
+) -> Decimal | Fraction: ...
+def maintenance_margin(
+    *, venue: VenueLike, symbol: str, size: NumberLike | None = None, price: NumberLike | None = None,
+    notional: NumberLike | None = None, brackets: Sequence[BracketInput] | None = None,
+    mmr: NumberLike | None = None, maintenance_amount: NumberLike | None = None,
+    imf: NumberLike | None = None, maintenance_fraction: NumberLike | None = None,
+    rounding: Rounding | str | None = None, quantum: NumberLike | None = None, places: int | None = None,
+    exact: bool = False,
+) -> Decimal | Fraction:
+    """Maintenance margin of a position of ``size`` at ``price`` (mark), or of ``notional``, settle asset.
+
+    Formula (tiered): ``MM = N × MMR_n − cum_n`` with ``n`` the bracket holding ``N`` (or of
+    ``brackets=``; or ``N × mmr − maintenance_amount`` with ``mmr=``), never negative.
+    dYdX: ``MM = ceil_q(ceil_q(N × IMF) × MF)`` in quote quanta (``imf``/``maintenance_fraction``
+    override the tier). Rounding: up to the settle quantum.
+    """
+    m = _mkt(venue, symbol, brackets)
+    if (
+        notional is None and size is not None and price is not None and mmr is None and maintenance_amount is None
+        and not m.dydx
+    ):
+        # Hot path: plain ints, no Fraction; a cached string or Decimal skips the parse.
+        sn, sd = _pos(size, "size")
+        pn, pd = _pos(price, "price")
+        if m.inverse:
+            nn, nd = sn * m.cm_n * pd, sd * m.cm_d * pn
+        else:
+            nn, nd = sn * m.cm_n * pn, sd * m.cm_d * pd
+        i = bisect_right(m.caps, nn * m.sscale // nd)
+        num = nn * m.mmr_s[i] - m.cum[i] * nd
+        if num <= 0:
+            num = 0
+        den = nd * RATE_SCALE
+        if exact:
+            return Fraction(num, den * m.sscale)
+        if rounding is None and quantum is None and places is None:
+            return _DCTX.multiply(Decimal(-(-num // den)), m.squant)
+        return _fin_settle(m, num, den * m.sscale, Rounding.CEIL, rounding, quantum, places, exact)
+    nn, nd = _size_price_or_notional(m, size, price, notional)
+    ovr = _ovr(mmr, maintenance_amount)
+    dyd = _dyd_for(m, imf, maintenance_fraction) if ovr is None else None
+    a, b = _mm(m, nn, nd, ovr, dyd)
+    return _fin_settle(m, a, b, Rounding.CEIL, rounding, quantum, places, exact)
+
+
+def _upnl(m: _Mkt, s: int, size: Fraction, entry: Fraction, mark: Fraction) -> Fraction:
+    q = size * Fraction(m.cm_n, m.cm_d)
+    if m.inverse:
+        return s * q * (1 / entry - 1 / mark)
+    return s * q * (mark - entry)
+
+
+@overload
+def unrealized_pnl(
+    *, venue: VenueLike, symbol: str, side: str, size: NumberLike, entry: NumberLike, mark: NumberLike,
+    rounding: Rounding | str | None = None, quantum: NumberLike | None = None, places: int | None = None,
+    exact: Literal[False] = False,
+) -> Decimal: ...
+@overload
+def unrealized_pnl(
+    *, venue: VenueLike, symbol: str, side: str, size: NumberLike, entry: NumberLike, mark: NumberLike,
+    rounding: Rounding | str | None = None, quantum: NumberLike | None = None, places: int | None = None,
+    exact: Literal[True],
+) -> Fraction: ...
+@overload
+def unrealized_pnl(
+    *, venue: VenueLike, symbol: str, side: str, size: NumberLike, entry: NumberLike, mark: NumberLike,
+    rounding: Rounding | str | None = None, quantum: NumberLike | None = None, places: int | None = None,
+    exact: bool,
+) -> Decimal | Fraction: ...
+def unrealized_pnl(
+    *, venue: VenueLike, symbol: str, side: str, size: NumberLike, entry: NumberLike, mark: NumberLike,
+    rounding: Rounding | str | None = None, quantum: NumberLike | None = None, places: int | None = None,
+    exact: bool = False,
+) -> Decimal | Fraction:
+    """Unrealised PnL at ``mark``, settle asset.
+
+    Formula: linear ``side × size × cm × (mark − entry)``; inverse
+    ``side × contracts × cm × (1/entry − 1/mark)`` (coin). Rounded down (toward −∞) to the settle
+    quantum by default.
+    """
+    m = _mkt(venue, symbol)
+    v = _upnl(m, _side(side), _frac(_pos(size, "size")), _frac(_pos(entry, "entry")), _frac(_pos(mark, "mark")))
+    return _fin_settle(m, v.numerator, v.denominator, Rounding.FLOOR, rounding, quantum, places, exact)
+
+
+# ---------------------------------------------------------------------------------------------
+# Liquidation and bankruptcy prices
+# ---------------------------------------------------------------------------------------------
+
+
+class _Leg(NamedTuple):
+    side: int  # +1 long exposure, −1 short
+    size: Fraction  # base units (linear, after the contract multiplier) or USD (inverse)
+    entry: Fraction
+
+
+def _legs(
+    m: _Mkt,
+    side: object,
+    size: object,
+    entry: object,
+    hedge_long: object,
+    hedge_short: object,
+    legs: object,
+) -> list[_Leg]:
+    cm = Fraction(m.cm_n, m.cm_d)
+    out: list[_Leg] = []
+    if size is not None or entry is not None or side is not None:
+        if size is None or entry is None or side is None:
+            raise InvalidInputError("side=, size= and entry= go together")
+        out.append(_Leg(_side(side), _frac(_pos(size, "size")) * cm, _frac(_pos(entry, "entry"))))
+    for s, h, name in ((1, hedge_long, "hedge_long"), (-1, hedge_short, "hedge_short")):
+        if h is None:
+            continue
+        if isinstance(h, Mapping):
+            hs, he = h.get("size"), h.get("entry")
+        elif isinstance(h, Sequence) and not isinstance(h, str | bytes) and len(h) == 2:
+            hs, he = h
+        else:
+            raise InvalidInputError(f"{name} must be (size, entry)", value=repr(h))
+        out.append(_Leg(s, _frac(_pos(hs, f"{name}.size")) * cm, _frac(_pos(he, f"{name}.entry"))))
+    if legs is not None:
+        if isinstance(legs, str | bytes) or not isinstance(legs, Sequence):
+            raise InvalidInputError("legs must be a list of LegSpec or mappings")
+        for i, leg in enumerate(legs):
+            kind: object
+            ls: object
+            le: object
+            lside: object
+            if isinstance(leg, LegSpec):
+                kind, ls, le, lside = leg.kind, leg.size, leg.entry, leg.side
+            elif isinstance(leg, Mapping):
+                kind, ls, le, lside = leg.get("kind", "BOTH"), leg.get("size"), leg.get("entry"), leg.get("side")
+            else:
+                raise InvalidInputError("a leg is a LegSpec or a mapping", leg=i)
+            k = str(kind).upper()
+            if k == "LONG":
+                s = 1
+            elif k == "SHORT":
+                s = -1
+            elif k == "BOTH":
+                s = _side(lside, f"legs[{i}].side")
+            else:
+                raise InvalidInputError("leg kind must be BOTH, LONG or SHORT", leg=i, kind=kind)
+            out.append(_Leg(s, _frac(_pos(ls, f"legs[{i}].size")) * cm, _frac(_pos(le, f"legs[{i}].entry"))))
+    if not out:
+        raise InvalidInputError("a position is needed: side=, size=, entry= (or hedge legs)")
+    return out
+
+
+def _leg_notional(m: _Mkt, leg: _Leg, price: Fraction) -> Fraction:
+    return leg.size / price if m.inverse else leg.size * price
+
+
+def _leg_upnl(m: _Mkt, leg: _Leg, price: Fraction) -> Fraction:
+    if m.inverse:
+        return leg.side * leg.size * (1 / leg.entry - 1 / price)
+    return leg.side * leg.size * (price - leg.entry)
+
+
+def _others(
+    m: _Mkt, other_positions: object, other_mm: object, other_upnl: object
+) -> tuple[Fraction, Fraction]:
+    """``(TMM, UPNL)`` of the other positions of the same cross wallet, settle units, exact."""
+    tmm = _frac(_nonneg(other_mm, "other_mm")) if other_mm is not None else Fraction(0)
+    upnl = _opt_frac(other_upnl, "other_upnl")
+    if other_positions is None:
+        return tmm, upnl
+    if isinstance(other_positions, str | bytes) or not isinstance(other_positions, Sequence):
+        raise InvalidInputError("other_positions must be a list of PositionSpec or mappings")
+    for i, p in enumerate(other_positions):
+        sym: object
+        side: object
+        size: object
+        entry: object
+        mark: object
+        if isinstance(p, PositionSpec):
+            sym, side, size, entry, mark = p.symbol, p.side, p.size, p.entry, p.mark
+        elif isinstance(p, Mapping):
+            sym, side, size, entry, mark = p.get("symbol"), p.get("side"), p.get("size"), p.get("entry"), p.get("mark")
+        else:
+            raise InvalidInputError("an other position is a PositionSpec or a mapping", position=i)
+        om = _mkt(m.venue, sym)
+        if om.settle.name != m.settle.name:
+            raise InvalidInputError(
+                "other positions must settle in the same asset (one cross wallet); use the Engine for multi-asset",
+                position=i,
+                settle=om.settle.name,
+                expected=m.settle.name,
+            )
+        e = _frac(_pos(entry, f"other_positions[{i}].entry"))
+        mk = e if mark is None else _frac(_pos(mark, f"other_positions[{i}].mark"))
+        leg = _Leg(_side(side, f"other_positions[{i}].side"), _frac(_pos(size, f"other_positions[{i}].size"))
+                   * Fraction(om.cm_n, om.cm_d), e)
+        tmm += _mm_frac(om, _leg_notional(om, leg, mk), None, _dyd_for(om))
+        upnl += _leg_upnl(om, leg, mk)
+    return tmm, upnl
+
+
+def _long_like(m: _Mkt, legs: Sequence[_Leg], rates: Sequence[tuple[Fraction, Fraction, int]] | None = None) -> bool:
+    """True when ``equity − MM`` grows with the price (liquidated by a fall: a long-like account)."""
+    if m.inverse:
+        if rates is None:
+            return sum(leg.side * leg.size for leg in legs) >= 0
+        return sum(leg.size * (leg.side + r[0]) for leg, r in zip(legs, rates, strict=True)) > 0
+    if rates is None:
+        return sum(leg.side * leg.size for leg in legs) > 0
+    return sum(leg.size * (leg.side - r[0]) for leg, r in zip(legs, rates, strict=True)) > 0
+
+
+def _solve_general(
+    m: _Mkt, legs: Sequence[_Leg], w: Fraction, ovr: _Ovr | None
+) -> tuple[Fraction, bool] | Literal["cycle"] | None:
+    """Binance's general formula (linear, §7.2) or COIN-M's (inverse), brackets re-selected at the root.
+
+    ``w = WB − TMM₁ + UPNL₁``. Linear: ``LP = (w + Σ cum − Σ s·q·E) / (Σ q·MMR − Σ s·q)``;
+    inverse (``N`` in USD): ``LP = Σ N·(MMR + s) / (w + Σ cum + Σ s·N/E)``.
+    """
+    rates = [_rates(m, _leg_notional(m, leg, leg.entry), ovr) for leg in legs]
+    seen: set[tuple[int, ...]] = set()
+    for _ in range(len(m.mmr) * len(legs) + 4):
+        seen.add(tuple(r[2] for r in rates))
+        if m.inverse:
+            pairs = list(zip(legs, rates, strict=True))
+            num = sum((leg.size * (r[0] + leg.side) for leg, r in pairs), Fraction(0))
+            den = w + sum((r[1] + leg.side * leg.size / leg.entry for leg, r in pairs), Fraction(0))
+        else:
+            pairs = list(zip(legs, rates, strict=True))
+            num = w + sum((r[1] - leg.side * leg.size * leg.entry for leg, r in pairs), Fraction(0))
+            den = sum((leg.size * r[0] - leg.side * leg.size for leg, r in pairs), Fraction(0))
+        if den == 0:
+            return None
+        lp = num / den
+        if lp <= 0:
+            return None
+        new = [_rates(m, _leg_notional(m, leg, lp), ovr) for leg in legs]
+        if [r[2] for r in new] == [r[2] for r in rates]:
+            return lp, _long_like(m, legs, rates)
+        if tuple(r[2] for r in new) in seen:
+            return "cycle"
+        rates = new
+    return "cycle"  # pragma: no cover - bounded by the number of bracket combinations
+
+
+def _excess_fn(
+    m: _Mkt, legs: Sequence[_Leg], w: Fraction, ovr: _Ovr | None, dyd: _Dydx | None
+) -> Callable[[int], Fraction]:
+    def excess(p: int) -> Fraction:
+        price = Fraction(p, m.pscale)
+        total = w
+        for leg in legs:
+            total += _leg_upnl(m, leg, price) - _mm_frac(m, _leg_notional(m, leg, price), ovr, dyd)
+        return total
+
+    return excess
+
+
+def _solve_numeric(
+    m: _Mkt, legs: Sequence[_Leg], w: Fraction, ovr: _Ovr | None, dyd: _Dydx | None, ref: Fraction
+) -> tuple[int, bool] | None:
+    """Price quantum where ``equity ≤ MM`` starts: greatest for a long-like account, least for a short-like one."""
+    excess = _excess_fn(m, legs, w, ovr, dyd)
+    long_like = _long_like(m, legs)
+    hi = max(1, -(-ref.numerator * m.pscale // ref.denominator))
+    if long_like:
+        for _ in range(200):
+            if excess(hi) > 0:
+                break
+            hi *= 2
+        else:
+            return None
+        p = solve_monotone_root(lambda px: -excess(px), 1, hi, increasing=False)
+    else:
+        for _ in range(200):
+            if excess(hi) <= 0:
+                break
+            hi *= 2
+        else:
+            return None
+        p = solve_monotone_root(lambda px: -excess(px), 1, hi, increasing=True)
+    return None if p is None else (p, long_like)
+
+
+def _isolated_margin(
+    m: _Mkt, legs: Sequence[_Leg], lev: Fraction | None, wallet_balance: object, cross: bool
+) -> Fraction:
+    if wallet_balance is not None:
+        return _frac(_num(wallet_balance, "wallet_balance"))
+    if cross:
+        raise InvalidInputError("cross margin needs wallet_balance= (the cross wallet balance)")
+    lev = m.market.default_leverage if lev is None else lev
+    return sum((_leg_notional(m, leg, leg.entry) for leg in legs), Fraction(0)) / lev
+
+
+def _prepare(
+    m: _Mkt,
+    legs: list[_Leg],
+    leverage: object,
+    cross: bool,
+    other_positions: object,
+    other_mm: object,
+    other_upnl: object,
+) -> tuple[Fraction | None, Fraction, Fraction]:
+    lev = None if leverage is None else _leverage(leverage)
+    if lev is not None:
+        for leg in legs:
+            n = _leg_notional(m, leg, leg.entry)
+            _check_leverage(m, lev, n.numerator, n.denominator)
+    if not cross:
+        if other_positions is not None or other_mm is not None or other_upnl is not None:
+            raise InvalidInputError("other positions belong to a cross wallet: use margin_mode='cross'")
+        if len(legs) > 1:
+            raise InvalidInputError("isolated hedge legs have their own liquidation prices: compute each leg alone")
+        return lev, Fraction(0), Fraction(0)
+    tmm, upnl = _others(m, other_positions, other_mm, other_upnl)
+    return lev, tmm, upnl
+
+
+def _fast_binance_linear(
+    m: _Mkt, s: int, size: _Rat, entry: _Rat, wn: int, wd: int
+) -> tuple[int, int] | None:
+    """Single one-way linear leg, Binance formula, plain ints (the common path).
+
+    ``LP = (W + cum − s·q·E) / (q·MMR − s·q)`` with ``q = size × cm``, numerator and
+    denominator multiplied by ``RATE_SCALE × settle scale × wd·qd·ed`` so that MMR, cum and the
+    inputs are all ints. The bracket is re-selected at the root until it is stable (MM is
+    continuous and ``equity − MM`` monotone for one leg, so the walk is one-directional).
+    Returns ``(num, den)`` with ``den > 0``, or ``None`` when there is no positive root.
+    """
+    qn, qd = size[0] * m.cm_n, size[1] * m.cm_d
+    en, ed = entry
+    r = m.rscale
+    sscale = m.sscale
+    common = wd * qd * ed
+    a = (wn * qd * ed - s * qn * en * wd) * r
+    c = qn * wd * ed
+    sr = s * r
+    caps = m.caps
+    mmr_s = m.mmr_s
+    cums = m.cum
+    qs = qn * sscale
+    i = bisect_right(caps, qs * en // (qd * ed))
+    for _ in range(len(mmr_s) + 1):
+        num = a + cums[i] * common
+        den = c * (mmr_s[i] - sr)
+        if den < 0:
+            num, den = -num, -den
+        if num <= 0 or den == 0:
+            return None
+        j = bisect_right(caps, qs * num // (qd * den))  # bracket of q × LP, settle quanta
+        if j == i:
+            return num, den
+        i = j
+    return num, den  # pragma: no cover - bounded by the number of brackets
+
+
+def _fast_liq(
+    m: _Mkt,
+    side: object,
+    size: object,
+    entry: object,
+    leverage: object,
+    cross: bool,
+    wallet_balance: object,
+    other_mm: object,
+    other_upnl: object,
+    rounding: object,
+    quantum: object,
+    places: object,
+    exact: bool,
+) -> Decimal | Fraction | None:
+    s = _side(side)
+    sz = _pos(size, "size")
+    en = _pos(entry, "entry")
+    nn, nd = (sz[0] * m.cm_n * en[0], sz[1] * m.cm_d * en[1])
+    if leverage is not None:
+        lev = _leverage(leverage)
+        _check_leverage(m, lev, nn, nd)
+    if wallet_balance is not None:
+        wn, wd = _num(wallet_balance, "wallet_balance")
+    elif cross:
+        raise InvalidInputError("cross margin needs wallet_balance= (the cross wallet balance)")
+    else:
+        lev = m.market.default_leverage if leverage is None else lev
+        _check_leverage(m, lev, nn, nd)
+        wn, wd = nn * lev.denominator, nd * lev.numerator  # isolated margin N / L
+    if other_mm is not None or other_upnl is not None:
+        if not cross:
+            raise InvalidInputError("other positions belong to a cross wallet: use margin_mode='cross'")
+        if other_upnl is not None:  # W + UPNL₁ (ints, no Fraction)
+            un, ud = _num(other_upnl, "other_upnl")
+            wn, wd = wn * ud + un * wd, wd * ud
+        if other_mm is not None:  # − TMM₁
+            mn, md = _nonneg(other_mm, "other_mm")
+            wn, wd = wn * md - mn * wd, wd * md
+    res = _fast_binance_linear(m, s, sz, en, wn, wd)
+    if res is None:
+        return None
+    num, den = res
+    if exact:
+        return Fraction(num, den)
+    if rounding is None and quantum is None and places is None:
+        # default: a long's price up, a short's down, to the tick
+        k = -(-num * m.pscale // (den * m.tick_px)) if s > 0 else num * m.pscale // (den * m.tick_px)
+        return _DCTX.multiply(Decimal(k), m.tick)
+    return _fin_price(m, num, den, s > 0, rounding, quantum, places, exact)
+
+
+def _liq_or_bankruptcy(
+    *,
+    want_liq: bool,
+    m: _Mkt,
+    cross: bool,
+    side: object,
+    size: object,
+    entry: object,
+    mark: object,
+    leverage: object,
+    wallet_balance: object,
+    other_mm: object,
+    other_upnl: object,
+    other_positions: object,
+    hedge_long: object,
+    hedge_short: object,
+    legs: object,
+    mmr: object,
+    maintenance_amount: object,
+    taker_fee: object,
+    include_closing_fee: object,
+    rounding: object,
+    quantum: object,
+    places: object,
+    exact: bool,
+) -> Decimal | Fraction | None:
+    # ---- general path ----------------------------------------------------------------------
+    leg_list = _legs(m, side, size, entry, hedge_long, hedge_short, legs)
+    user_lev, tmm, oupnl = _prepare(m, leg_list, leverage, cross, other_positions, other_mm, other_upnl)
+    if user_lev is None and wallet_balance is None and not cross:
+        dl = m.market.default_leverage
+        for leg in leg_list:
+            n = _leg_notional(m, leg, leg.entry)
+            _check_leverage(m, dl, n.numerator, n.denominator)
+    wb = _isolated_margin(m, leg_list, user_lev, wallet_balance, cross)
+    ovr = _ovr(mmr, maintenance_amount)
+    dyd = _dyd_for(m) if ovr is None else None
+    fee_on = m.venue.rules.reserve_closing_fee if include_closing_fee is None else bool(include_closing_fee)
+    fee = Fraction(m.market.taker_fee_r, RATE_SCALE) if taker_fee is None else _frac(_nonneg(taker_fee, "taker_fee"))
+    if not fee_on:
+        fee = Fraction(0)
+    if not want_liq:
+        return _bankruptcy(m, leg_list, wb + oupnl, fee, rounding, quantum, places, exact)
+    w = wb - tmm + oupnl
+    ref = leg_list[0].entry if mark is None else _frac(_pos(mark, "mark"))
+    single = len(leg_list) == 1
+    lp: Fraction | None
+    rule = m.rule
+    if m.dydx and ovr is None:
+        rule = LiqPriceRule.NUMERIC
+    if rule is LiqPriceRule.BYBIT and single and not cross and not m.inverse:
+        leg = leg_list[0]
+        mmr_e, cum_e, _ = _rates(m, _leg_notional(m, leg, leg.entry), ovr)
+        mm_entry = max(Fraction(0), leg.size * leg.entry * mmr_e - cum_e)
+        lp = leg.entry - leg.side * (wb - mm_entry) / leg.size
+        if lp <= 0:
+            return None
+        return _fin_frac_price(m, lp, leg.side > 0, rounding, quantum, places, exact)
+    if rule is LiqPriceRule.BYBIT and single and cross and m.inverse:
+        leg = leg_list[0]
+        mmr_e, cum_e, _ = _rates(m, leg.size / leg.entry, ovr)
+        bk = _bankruptcy_frac(m, leg_list, w, fee)
+        if bk is None:
+            return None
+        rhs = w - (leg.size * mmr_e / leg.entry - cum_e) - leg.size * fee / bk
+        inv = 1 / leg.entry + leg.side * rhs / leg.size
+        if inv <= 0:
+            return None
+        return _fin_frac_price(m, 1 / inv, leg.side > 0, rounding, quantum, places, exact)
+    if rule in (LiqPriceRule.BINANCE, LiqPriceRule.HYPERLIQUID) or (
+        rule is LiqPriceRule.BYBIT and m.inverse and not cross
+    ):
+        sol = _solve_general(m, leg_list, w, ovr)
+        if sol is None:
+            return None
+        if sol != "cycle":
+            return _fin_frac_price(m, sol[0], sol[1], rounding, quantum, places, exact)
+    num = _solve_numeric(m, leg_list, w, ovr, dyd, ref)
+    if num is None:
+        return None
+    return _fin_price(m, num[0], m.pscale, num[1], rounding, quantum, places, exact)
+
+
+def _fin_frac_price(
+    m: _Mkt, x: Fraction, long_like: bool, rounding: object, quantum: object, places: object, exact: bool
+) -> Decimal | Fraction:
+    return _fin_price(m, x.numerator, x.denominator, long_like, rounding, quantum, places, exact)
+
+
+def _bankruptcy_frac(m: _Mkt, legs: Sequence[_Leg], w: Fraction, fee: Fraction) -> Fraction | None:
+    """Root of ``w + Σ uPnL(P) = fee × closing notional(P)``.
+
+    Linear: ``P = (Σ s·q·E − w) / (Σ s·q − f·Σ q)``; inverse (``N`` USD):
+    ``P = Σ N·(s + f) / (w + Σ s·N/E)``.
+    """
+    if m.inverse:
+        num = sum((leg.size * (leg.side + fee) for leg in legs), Fraction(0))
+        den = w + sum((leg.side * leg.size / leg.entry for leg in legs), Fraction(0))
+    else:
+        num = sum((leg.side * leg.size * leg.entry for leg in legs), Fraction(0)) - w
+        den = sum((leg.side * leg.size - fee * leg.size for leg in legs), Fraction(0))
+    if den == 0:
+        return None
+    p = num / den
+    return p if p > 0 else None
+
+
+def _bankruptcy(
+    m: _Mkt, legs: Sequence[_Leg], w: Fraction, fee: Fraction, rounding: object, quantum: object, places: object,
+    exact: bool,
+) -> Decimal | Fraction | None:
+    p = _bankruptcy_frac(m, legs, w, fee)
+    if p is None:
+        return None
+    long_like = sum(leg.side * leg.size for leg in legs) > 0 if not m.inverse else sum(
+        leg.size * (leg.side + fee) for leg in legs
+    ) > 0
+    return _fin_frac_price(m, p, long_like, rounding, quantum, places, exact)
+
+
+@overload
+def liquidation_price(
+    *, venue: VenueLike, symbol: str, side: str | None = None, size: NumberLike | None = None,
+    entry: NumberLike | None = None, mark: NumberLike | None = None, leverage: NumberLike | None = None,
+    margin_mode: str = "isolated", wallet_balance: NumberLike | None = None,
+    other_mm: NumberLike | None = None, other_upnl: NumberLike | None = None,
+    other_positions: Sequence[PositionSpec | Mapping[str, object]] | None = None,
+    hedge_long: Sequence[NumberLike] | Mapping[str, NumberLike] | None = None,
+    hedge_short: Sequence[NumberLike] | Mapping[str, NumberLike] | None = None,
+    legs: Sequence[LegSpec | Mapping[str, object]] | None = None,
+    brackets: Sequence[BracketInput] | None = None, mmr: NumberLike | None = None,
+    maintenance_amount: NumberLike | None = None, taker_fee: NumberLike | None = None,
+    include_closing_fee: bool | None = None,
+    rounding: Rounding | str | None = None, quantum: NumberLike | None = None, places: int | None = None,
+    exact: Literal[False] = False,
+) -> Decimal | None: ...
+@overload
+def liquidation_price(
+    *, venue: VenueLike, symbol: str, side: str | None = None, size: NumberLike | None = None,
+    entry: NumberLike | None = None, mark: NumberLike | None = None, leverage: NumberLike | None = None,
+    margin_mode: str = "isolated", wallet_balance: NumberLike | None = None,
+    other_mm: NumberLike | None = None, other_upnl: NumberLike | None = None,
+    other_positions: Sequence[PositionSpec | Mapping[str, object]] | None = None,
+    hedge_long: Sequence[NumberLike] | Mapping[str, NumberLike] | None = None,
+    hedge_short: Sequence[NumberLike] | Mapping[str, NumberLike] | None = None,
+    legs: Sequence[LegSpec | Mapping[str, object]] | None = None,
+    brackets: Sequence[BracketInput] | None = None, mmr: NumberLike | None = None,
+    maintenance_amount: NumberLike | None = None, taker_fee: NumberLike | None = None,
+    include_closing_fee: bool | None = None,
+    rounding: Rounding | str | None = None, quantum: NumberLike | None = None, places: int | None = None,
+    exact: Literal[True],
+) -> Fraction | None: ...
+@overload
+def liquidation_price(
+    *, venue: VenueLike, symbol: str, side: str | None = None, size: NumberLike | None = None,
+    entry: NumberLike | None = None, mark: NumberLike | None = None, leverage: NumberLike | None = None,
+    margin_mode: str = "isolated", wallet_balance: NumberLike | None = None,
+    other_mm: NumberLike | None = None, other_upnl: NumberLike | None = None,
+    other_positions: Sequence[PositionSpec | Mapping[str, object]] | None = None,
+    hedge_long: Sequence[NumberLike] | Mapping[str, NumberLike] | None = None,
+    hedge_short: Sequence[NumberLike] | Mapping[str, NumberLike] | None = None,
+    legs: Sequence[LegSpec | Mapping[str, object]] | None = None,
+    brackets: Sequence[BracketInput] | None = None, mmr: NumberLike | None = None,
+    maintenance_amount: NumberLike | None = None, taker_fee: NumberLike | None = None,
+    include_closing_fee: bool | None = None,
+    rounding: Rounding | str | None = None, quantum: NumberLike | None = None, places: int | None = None,
+    exact: bool,
+) -> Decimal | Fraction | None: ...
+def liquidation_price(
+    *, venue: VenueLike, symbol: str, side: str | None = None, size: NumberLike | None = None,
+    entry: NumberLike | None = None, mark: NumberLike | None = None, leverage: NumberLike | None = None,
+    margin_mode: str = "isolated", wallet_balance: NumberLike | None = None,
+    other_mm: NumberLike | None = None, other_upnl: NumberLike | None = None,
+    other_positions: Sequence[PositionSpec | Mapping[str, object]] | None = None,
+    hedge_long: Sequence[NumberLike] | Mapping[str, NumberLike] | None = None,
+    hedge_short: Sequence[NumberLike] | Mapping[str, NumberLike] | None = None,
+    legs: Sequence[LegSpec | Mapping[str, object]] | None = None,
+    brackets: Sequence[BracketInput] | None = None, mmr: NumberLike | None = None,
+    maintenance_amount: NumberLike | None = None, taker_fee: NumberLike | None = None,
+    include_closing_fee: bool | None = None,
+    rounding: Rounding | str | None = None, quantum: NumberLike | None = None, places: int | None = None,
+    exact: bool = False,
+) -> Decimal | Fraction | None:
+    """Mark price at which the position (or the cross wallet holding it) reaches maintenance.
+
+    Position: ``side``/``size``/``entry`` (one-way), and/or hedge legs ``hedge_long=(size, entry)``,
+    ``hedge_short=(size, entry)``, or ``legs=[LegSpec(...)]``.
+
+    Margin: ``margin_mode="isolated"`` (default) uses ``wallet_balance`` as the isolated wallet
+    balance, else ``N_entry / leverage`` (leverage defaults to the market's; it must not exceed
+    the bracket's max: :class:`~perpmargin.errors.LeverageError`). ``margin_mode="cross"`` needs
+    ``wallet_balance`` (the cross wallet) and takes the other positions of that wallet as
+    ``other_mm``/``other_upnl`` (their MM and uPnL) and/or ``other_positions=[PositionSpec(...)]``
+    (MM and uPnL computed at their mark): ``w = WB − TMM₁ + UPNL₁``. For Hyperliquid, cross,
+    ``UPNL₁`` is the other positions' uPnL in the account value.
+
+    Formula by the venue's ``liq_price_rule`` (see the module docstring); e.g. Binance, linear::
+
+        LP = (w + Σ cum − Σ s·q·E) / (Σ q·MMR − Σ s·q)     (MMR, cum of the bracket of q·LP)
+
+    Overrides: ``brackets=[(floor, mmr, max_leverage), …]``, or a fixed ``mmr=`` (with
+    ``maintenance_amount=``, no re-selection); ``taker_fee``/``include_closing_fee`` for the fee
+    to close (Bybit's cross inverse formula). ``mark`` (default ``entry``) is where the numeric
+    search starts; the closed forms do not depend on it (uPnL of the other positions comes in
+    through ``other_upnl``/``other_positions``).
+
+    Rounding: to the market tick, a long (net-long) account's price **up** and a short's
+    **down** (reached no later than the exact price). ``exact=True`` gives a ``Fraction``.
+    Returns ``None`` when no positive price liquidates the position.
+    """
+    m = _mkt(venue, symbol, brackets)
+    cross = _cross(margin_mode)
+    if (
+        m.closed_linear
+        and hedge_long is None
+        and hedge_short is None
+        and legs is None
+        and other_positions is None
+        and mmr is None
+        and maintenance_amount is None
+        and side is not None
+        and size is not None
+        and entry is not None
+    ):
+        # Hot path: one linear one-way leg, plain ints.
+        return _fast_liq(
+            m, side, size, entry, leverage, cross, wallet_balance, other_mm, other_upnl, rounding, quantum, places,
+            exact,
+        )
+    return _liq_or_bankruptcy(
+        want_liq=True, m=m, cross=cross, side=side, size=size, entry=entry, mark=mark,
+        leverage=leverage, wallet_balance=wallet_balance, other_mm=other_mm,
+        other_upnl=other_upnl, other_positions=other_positions, hedge_long=hedge_long, hedge_short=hedge_short,
+        legs=legs, mmr=mmr, maintenance_amount=maintenance_amount, taker_fee=taker_fee,
+        include_closing_fee=include_closing_fee, rounding=rounding, quantum=quantum, places=places, exact=exact,
+    )
+
+
+@overload
+def bankruptcy_price(
+    *, venue: VenueLike, symbol: str, side: str | None = None, size: NumberLike | None = None,
+    entry: NumberLike | None = None, leverage: NumberLike | None = None,
+    margin_mode: str = "isolated", wallet_balance: NumberLike | None = None,
+    other_mm: NumberLike | None = None, other_upnl: NumberLike | None = None,
+    other_positions: Sequence[PositionSpec | Mapping[str, object]] | None = None,
+    hedge_long: Sequence[NumberLike] | Mapping[str, NumberLike] | None = None,
+    hedge_short: Sequence[NumberLike] | Mapping[str, NumberLike] | None = None,
+    legs: Sequence[LegSpec | Mapping[str, object]] | None = None,
+    taker_fee: NumberLike | None = None, include_closing_fee: bool | None = None,
+    rounding: Rounding | str | None = None, quantum: NumberLike | None = None, places: int | None = None,
+    exact: Literal[False] = False,
+) -> Decimal | None: ...
+@overload
+def bankruptcy_price(
+    *, venue: VenueLike, symbol: str, side: str | None = None, size: NumberLike | None = None,
+    entry: NumberLike | None = None, leverage: NumberLike | None = None,
+    margin_mode: str = "isolated", wallet_balance: NumberLike | None = None,
+    other_mm: NumberLike | None = None, other_upnl: NumberLike | None = None,
+    other_positions: Sequence[PositionSpec | Mapping[str, object]] | None = None,
+    hedge_long: Sequence[NumberLike] | Mapping[str, NumberLike] | None = None,
+    hedge_short: Sequence[NumberLike] | Mapping[str, NumberLike] | None = None,
+    legs: Sequence[LegSpec | Mapping[str, object]] | None = None,
+    taker_fee: NumberLike | None = None, include_closing_fee: bool | None = None,
+    rounding: Rounding | str | None = None, quantum: NumberLike | None = None, places: int | None = None,
+    exact: Literal[True],
+) -> Fraction | None: ...
+@overload
+def bankruptcy_price(
+    *, venue: VenueLike, symbol: str, side: str | None = None, size: NumberLike | None = None,
+    entry: NumberLike | None = None, leverage: NumberLike | None = None,
+    margin_mode: str = "isolated", wallet_balance: NumberLike | None = None,
+    other_mm: NumberLike | None = None, other_upnl: NumberLike | None = None,
+    other_positions: Sequence[PositionSpec | Mapping[str, object]] | None = None,
+    hedge_long: Sequence[NumberLike] | Mapping[str, NumberLike] | None = None,
+    hedge_short: Sequence[NumberLike] | Mapping[str, NumberLike] | None = None,
+    legs: Sequence[LegSpec | Mapping[str, object]] | None = None,
+    taker_fee: NumberLike | None = None, include_closing_fee: bool | None = None,
+    rounding: Rounding | str | None = None, quantum: NumberLike | None = None, places: int | None = None,
+    exact: bool,
+) -> Decimal | Fraction | None: ...
+def bankruptcy_price(
+    *, venue: VenueLike, symbol: str, side: str | None = None, size: NumberLike | None = None,
+    entry: NumberLike | None = None, leverage: NumberLike | None = None,
+    margin_mode: str = "isolated", wallet_balance: NumberLike | None = None,
+    other_mm: NumberLike | None = None, other_upnl: NumberLike | None = None,
+    other_positions: Sequence[PositionSpec | Mapping[str, object]] | None = None,
+    hedge_long: Sequence[NumberLike] | Mapping[str, NumberLike] | None = None,
+    hedge_short: Sequence[NumberLike] | Mapping[str, NumberLike] | None = None,
+    legs: Sequence[LegSpec | Mapping[str, object]] | None = None,
+    taker_fee: NumberLike | None = None, include_closing_fee: bool | None = None,
+    rounding: Rounding | str | None = None, quantum: NumberLike | None = None, places: int | None = None,
+    exact: bool = False,
+) -> Decimal | Fraction | None:
+    """Price at which the margin is exhausted: root of ``w + Σ uPnL(P) = fee to close at P``.
+
+    ``w`` is the isolated margin (``wallet_balance``, else ``N_entry / leverage``) or, cross, the
+    wallet balance plus the other positions' uPnL (their MM does not count). The fee to close is
+    ``taker_fee × closing notional`` when ``include_closing_fee`` (default: the venue's
+    ``reserve_closing_fee``), else 0. Formulas: linear ``P = (Σ s·q·E − w) / (Σ s·q − f·Σ q)``
+    (one long without fee: ``entry − margin/size``, i.e. Bybit's ``entry × (1 − 1/L)``); inverse
+    ``P = Σ N·(s + f) / (w + Σ s·N/E)`` (one long, no fee: ``entry × L/(L + 1)``).
+    Rounding: to the tick, a long's price up and a short's down; ``None`` if there is no
+    positive root.
+    """
+    return _liq_or_bankruptcy(
+        want_liq=False, m=_mkt(venue, symbol), cross=_cross(margin_mode), side=side, size=size, entry=entry,
+        mark=None, leverage=leverage, wallet_balance=wallet_balance, other_mm=other_mm,
+        other_upnl=other_upnl, other_positions=other_positions, hedge_long=hedge_long, hedge_short=hedge_short,
+        legs=legs, mmr=None, maintenance_amount=None, taker_fee=taker_fee,
+        include_closing_fee=include_closing_fee, rounding=rounding, quantum=quantum, places=places, exact=exact,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Max position size
+# ---------------------------------------------------------------------------------------------
+
+
+def max_position_size(
+    *,
+    venue: VenueLike,
+    symbol: str,
+    price: NumberLike,
+    wallet_balance: NumberLike,
+    leverage: NumberLike | None = None,
+    include_closing_fee: bool | None = None,
+    taker_fee: NumberLike | None = None,
+    brackets: Sequence[BracketInput] | None = None,
+    imf: NumberLike | None = None,
+    oi_lower_cap: NumberLike | None = None,
+    oi_upper_cap: NumberLike | None = None,
+    open_interest: NumberLike | None = None,
+    quantum: NumberLike | None = None,
+    places: int | None = None,
+) -> Decimal:
+    """Largest size (a multiple of the market's step, or of ``quantum``) that ``wallet_balance``
+    can open at ``price`` and ``leverage``.
+
+    Conditions (all exact): ``IM(size) ≤ wallet_balance`` (IM as :func:`initial_margin`, closing
+    fee included where the venue reserves it); ``leverage ≤`` the max leverage of the bracket the
+    notional falls in (so the size stops below the first bracket that does not allow it); and
+    ``size ≤`` the market's max size. Found by bisection over multiples of the step (the
+    conditions are monotone in size). Rounding: down (a size the venue would accept).
+    """
+    m = _mkt(venue, symbol, brackets)
+    pr = _pos(price, "price")
+    avail = _frac(_nonneg(wallet_balance, "wallet_balance"))
+    lev = m.market.default_leverage if leverage is None else _leverage(leverage)
+    if lev > m.market.max_leverage:
+        raise LeverageError("leverage above the market's maximum", leverage=str(lev), max=str(m.market.max_leverage))
+    qq = _quantum(quantum, places)
+    if qq is None:
+        q_dec = Decimal(m.step_sz).scaleb(-m.market.size_decimals)
+        q_num, q_den = m.step_sz, m.sz_scale
+    else:
+        q_dec, q_num, q_den = qq
+    fee_on = m.venue.rules.reserve_closing_fee if include_closing_fee is None else bool(include_closing_fee)
+    fee = Fraction(m.market.taker_fee_r, RATE_SCALE) if taker_fee is None else _frac(_nonneg(taker_fee, "taker_fee"))
+    if not fee_on:
+        fee = Fraction(0)
+    dyd = _dydx(m, imf, None, oi_lower_cap, oi_upper_cap, open_interest) if m.dydx else None
+    max_size = None if m.market.max_size_sz is None else Fraction(m.market.max_size_sz, m.sz_scale)
+
+    def im_of(nn: int, nd: int) -> Fraction:
+        if dyd is not None:
+            imf_eff = _scaled_imf_ppm(dyd.imf_ppm, dyd.lower, dyd.upper, dyd.oi)
+            lev_ppm = div_round(1_000_000 * lev.denominator, lev.numerator, Rounding.CEIL)
+            q = div_round(nn * m.sscale * max(imf_eff, lev_ppm), nd * 1_000_000, Rounding.CEIL)
+            return Fraction(q, m.sscale) + Fraction(nn, nd) * fee
+        return Fraction(nn * lev.denominator, nd * lev.numerator) + Fraction(nn, nd) * fee
+
+    def ok(k: int) -> bool:
+        if k == 0:
+            return True
+        size = (k * q_num, q_den)
+        if max_size is not None and Fraction(*size) > max_size:
+            return False
+        nn, nd = _notional(m, size, pr)
+        if dyd is None and lev > m.table.brackets[_idx(m, nn, nd)].max_leverage:
+            return False
+        return im_of(nn, nd) <= avail
+
+    # Upper bound: IM ≥ N / max leverage of the market (and ≥ N × IMF for dYdX).
+    bound = avail * m.market.max_leverage
+    unit_n = _notional(m, (q_num, q_den), pr)  # notional of one quantum of size (linear or inverse)
+    hi = int(bound // Fraction(*unit_n)) + 1
+    lo = 0
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if ok(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return _DCTX.multiply(Decimal(lo), q_dec)
+
+
+# ---------------------------------------------------------------------------------------------
+# Collateral, haircuts and weights
+# ---------------------------------------------------------------------------------------------
+
+
+@overload
+def collateral_value(
+    *, venue: VenueLike, asset: str, quantity: NumberLike, price: NumberLike | None = None,
+    haircut: NumberLike | None = None, tiers: Sequence[TierInput] | None = None,
+    rounding: Rounding | str | None = None, quantum: NumberLike | None = None, places: int | None = None,
+    exact: Literal[False] = False,
+) -> Decimal: ...
+@overload
+def collateral_value(
+    *, venue: VenueLike, asset: str, quantity: NumberLike, price: NumberLike | None = None,
+    haircut: NumberLike | None = None, tiers: Sequence[TierInput] | None = None,
+    rounding: Rounding | str | None = None, quantum: NumberLike | None = None, places: int | None = None,
+    exact: Literal[True],
+) -> Fraction: ...
+@overload
+def collateral_value(
+    *, venue: VenueLike, asset: str, quantity: NumberLike, price: NumberLike | None = None,
+    haircut: NumberLike | None = None, tiers: Sequence[TierInput] | None = None,
+    rounding: Rounding | str | None = None, quantum: NumberLike | None = None, places: int | None = None,
+    exact: bool,
+) -> Decimal | Fraction: ...
+def collateral_value(
+    *, venue: VenueLike, asset: str, quantity: NumberLike, price: NumberLike | None = None,
+    haircut: NumberLike | None = None, tiers: Sequence[TierInput] | None = None,
+    rounding: Rounding | str | None = None, quantum: NumberLike | None = None, places: int | None = None,
+    exact: bool = False,
+) -> Decimal | Fraction:
+    """Margin value of a balance of ``asset`` in the venue's valuation asset.
+
+    Formula: a positive ``quantity`` counts ``Σ_tiers slice × ratio × price`` (marginal tiers, as
+    Bybit's collateral value ratio: 35 BTC over 10-BTC tiers 0.98/0.95/0.90/0.85 → 32.55 BTC at
+    price 1; a flat haircut is one open tier: BNB worth 1,000 at 95 % → 950); a negative one is a
+    liability ``−|quantity| × price × liability_weight``. ``price`` is the asset's index in the
+    valuation asset (default: the preset's price, 1 for the valuation asset itself); ``haircut=``
+    (a flat ratio) or ``tiers=[(upto, ratio), …, (None, ratio)]`` override the preset. Rounding:
+    down to the valuation quantum (a credit counts no more, a liability no less, than exact).
+    """
+    v = _load(venue)
+    a = v.assets.get(asset) if isinstance(asset, str) else None
+    if a is None:
+        raise UnknownAssetError("no such asset in this venue", asset=asset, venue=v.rules.name)
+    qty = _frac(_num(quantity, "quantity"))
+    if price is not None:
+        px = _frac(_pos(price, "price"))
+    elif asset == v.rules.valuation_asset:
+        px = Fraction(1)
+    elif asset in v.asset_prices:
+        px = Fraction(v.asset_prices[asset], pow10(a.price_decimals))
+    else:
+        raise InvalidInputError("the preset has no price for this asset: pass price=", asset=asset)
+    if haircut is not None and tiers is not None:
+        raise InvalidInputError("give haircut= or tiers=, not both")
+    tier_list: list[tuple[Fraction | None, Fraction]]
+    if haircut is not None:
+        tier_list = [(None, _frac(_nonneg(haircut, "haircut")))]
+    elif tiers is not None:
+        tier_list = _parse_tiers(tiers)
+    else:
+        sc = pow10(a.decimals)
+        tier_list = [
+            (None if t.upto_q is None else Fraction(t.upto_q, sc), Fraction(t.ratio_r, RATE_SCALE))
+            for t in a.haircut_tiers
+        ]
+    if qty >= 0:
+        weighted = Fraction(0)
+        lower = Fraction(0)
+        for upto, ratio in tier_list:
+            upper = qty if upto is None else min(qty, upto)
+            if upper > lower:
+                weighted += (upper - lower) * ratio
+            if upto is None or qty <= upto:
+                break
+            lower = upto
+        value = weighted * px
+    else:
+        value = qty * px * Fraction(a.liability_weight_r, RATE_SCALE)
+    vdec = v.rules.valuation_decimals
+    return _finish(
+        value.numerator, value.denominator, Decimal(1).scaleb(-vdec), 1, pow10(vdec), Rounding.FLOOR,
+        rounding, quantum, places, exact,
+    )
+
+
+def _parse_tiers(tiers: Sequence[TierInput]) -> list[tuple[Fraction | None, Fraction]]:
+    if isinstance(tiers, str | bytes) or not isinstance(tiers, Sequence) or not tiers:
+        raise InvalidInputError("tiers must be a non-empty list of (upto, ratio)")
+    out: list[tuple[Fraction | None, Fraction]] = []
+    prev = Fraction(0)
+    for i, t in enumerate(tiers):
+        if isinstance(t, Mapping):
+            upto, ratio = t.get("upto"), t.get("ratio")
+        elif isinstance(t, Sequence) and not isinstance(t, str | bytes) and len(t) == 2:
+            upto, ratio = t
+        else:
+            raise InvalidInputError("a tier is (upto, ratio)", tier=i)
+        r = _frac(_nonneg(ratio, f"tiers[{i}].ratio"))
+        if r > 1:
+            raise InvalidNumberError("a collateral ratio must lie in [0, 1]", field=f"tiers[{i}].ratio")
+        if upto is None:
+            if i != len(tiers) - 1:
+                raise InvalidInputError("only the last tier may be open (upto None)", tier=i)
+            out.append((None, r))
+        else:
+            u = _frac(_pos(upto, f"tiers[{i}].upto"))
+            if u <= prev:
+                raise InvalidInputError("tier bounds must increase", tier=i)
+            prev = u
+            out.append((u, r))
+    return out
+
+
+@overload
+def auto_exchange_amount(
+    *, deficit: NumberLike, haircut: NumberLike,
+    rounding: Rounding | str | None = None, quantum: NumberLike | None = None, places: int | None = None,
+    exact: Literal[False] = False,
+) -> Decimal: ...
+@overload
+def auto_exchange_amount(
+    *, deficit: NumberLike, haircut: NumberLike,
+    rounding: Rounding | str | None = None, quantum: NumberLike | None = None, places: int | None = None,
+    exact: Literal[True],
+) -> Fraction: ...
+@overload
+def auto_exchange_amount(
+    *, deficit: NumberLike, haircut: NumberLike,
+    rounding: Rounding | str | None = None, quantum: NumberLike | None = None, places: int | None = None,
+    exact: bool,
+) -> Decimal | Fraction: ...
+def auto_exchange_amount(
+    *, deficit: NumberLike, haircut: NumberLike,
+    rounding: Rounding | str | None = None, quantum: NumberLike | None = None, places: int | None = None,
+    exact: bool = False,
+) -> Decimal | Fraction:
+    """Binance auto-exchange: value of collateral to sell to cover a negative balance (§4.2).
+
+    Formula: ``deficit / (1 − haircut)`` (e.g. ``20,000 / 0.975 = 20,512.8205…``). Rounding: up
+    (the debt must be covered), to 8 places by default.
+    """
+    d = _frac(_pos(deficit, "deficit"))
+    h = _frac(_nonneg(haircut, "haircut"))
+    if h >= 1:
+        raise InvalidNumberError("haircut must be below 1 for auto-exchange", field="haircut", value=str(haircut))
+    v = d / (1 - h)
+    return _finish(v.numerator, v.denominator, Decimal("1E-8"), 1, 10**8, Rounding.CEIL, rounding, quantum, places,
+                   exact)
+
+
+def _scaled_int(value: object, scale: int, field: str, *, floor: bool = False) -> int:
+    n, d = _nonneg(value, field)
+    if not floor and (n * scale) % d:
+        raise InvalidNumberError(f"{field} has too many decimal places", field=field, value=str(value))
+    return n * scale // d
+
+
+def drift_asset_weight(*, size: NumberLike, imf_factor: NumberLike, weight: NumberLike) -> Decimal:
+    """Drift v2 size-discounted asset weight (§4.5, §13 item 10), 4 decimals, floored as Drift does.
+
+    Formula: ``min(weight, 1.1 / (1 + imf × √size))`` in Drift's integers: size in 1e-9 token
+    units (floored), ``√`` the integer square root of ``size·10 + 1``, ``imf_factor`` in 1e-6,
+    weights in 1e-4, every division truncating. ``weight`` is the initial, maintenance or fill
+    (``(initial + maintenance)/2``) weight.
+    """
+    w = drift_size_discount_asset_weight(
+        _scaled_int(size, 10**9, "size", floor=True),
+        _scaled_int(imf_factor, 10**6, "imf_factor"),
+        _scaled_int(weight, 10**4, "weight"),
+    )
+    return Decimal(w).scaleb(-4)
+
+
+def drift_liability_weight(*, size: NumberLike, imf_factor: NumberLike, weight: NumberLike) -> Decimal:
+    """Drift v2 size-premium liability weight, 4 decimals: ``max(w, 0.8·w + imf × √size)`` in Drift's integers."""
+    w = drift_size_premium_liability_weight(
+        _scaled_int(size, 10**9, "size", floor=True),
+        _scaled_int(imf_factor, 10**6, "imf_factor"),
+        _scaled_int(weight, 10**4, "weight"),
+    )
+    return Decimal(w).scaleb(-4)
+
+
+def hyperliquid_liquidation_threshold(*, ltv: NumberLike) -> Decimal:
+    """Hyperliquid portfolio margin: ``0.5 + 0.5 × LTV`` (§4.4), exact (HYPE 0.65 → 0.825, BTC 0.5 → 0.75)."""
+    n, d = _nonneg(ltv, "ltv")
+    if n > d:
+        raise InvalidNumberError("ltv must lie in [0, 1]", field="ltv", value=str(ltv))
+    return _exact_decimal((1 + Fraction(n, d)) / 2)
+
+
+def hyperliquid_portfolio_liquidatable(*, portfolio_margin_ratio: NumberLike) -> bool:
+    """Hyperliquid portfolio margin: liquidatable iff ``portfolio_margin_ratio > 0.95`` (§4.4)."""
+    n, d = _nonneg(portfolio_margin_ratio, "portfolio_margin_ratio")
+    return Fraction(n, d) > Fraction(95, 100)
+
+
+def oi_scaled_imf(
+    *,
+    imf: NumberLike | None = None,
+    oi_lower_cap: NumberLike | None = None,
+    oi_upper_cap: NumberLike | None = None,
+    open_interest: NumberLike,
+    venue: VenueLike | None = None,
+    symbol: str | None = None,
+) -> Decimal:
+    """dYdX v4 open-interest-scaled initial margin fraction (§2.5), as a fraction, ppm-floored.
+
+    Formula: ``IMF`` if ``upper = 0`` or ``OI ≤ lower``; ``1`` if ``OI ≥ upper``; else
+    ``IMF + (1 − IMF) × (OI − lower)/(upper − lower)`` floored to ppm. Caps and ``open_interest``
+    share one unit (notional); they default to the market's tier when ``venue``/``symbol`` are
+    given (caps then in the settle asset).
+    """
+    if venue is not None or symbol is not None:
+        if venue is None or symbol is None:
+            raise InvalidInputError("venue= and symbol= go together")
+        m = _mkt(venue, symbol)
+        d = _dydx(m, imf, None, oi_lower_cap, oi_upper_cap, open_interest)
+    else:
+        if imf is None or oi_lower_cap is None or oi_upper_cap is None:
+            raise InvalidInputError("imf=, oi_lower_cap= and oi_upper_cap= are needed without a venue")
+        d = _Dydx(
+            _ppm(imf, "imf"), 0, _frac(_nonneg(oi_lower_cap, "oi_lower_cap")),
+            _frac(_nonneg(oi_upper_cap, "oi_upper_cap")), _frac(_nonneg(open_interest, "open_interest")),
+        )
+    if d.upper and d.upper <= d.lower:
+        raise InvalidInputError("oi_upper_cap must exceed oi_lower_cap")
+    ppm = _scaled_imf_ppm(d.imf_ppm, d.lower, d.upper, d.oi)
+    return Decimal(ppm).scaleb(-6)
+
