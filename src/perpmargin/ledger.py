@@ -21,7 +21,7 @@ from typing import Any
 
 from perpmargin.errors import InvariantViolation
 
-__all__ = ["FEES", "INSURANCE", "Ledger", "ROUNDING", "SYSTEM_HOLDERS", "EXTERNAL", "Transfer"]
+__all__ = ["EXTERNAL", "FEES", "INSURANCE", "ROUNDING", "SYSTEM_HOLDERS", "Ledger", "Transfer"]
 
 FEES = "@fees"
 """Trading fees collected."""
@@ -53,6 +53,13 @@ class Ledger:
     deposited: dict[str, int] = field(default_factory=dict)
     withdrawn: dict[str, int] = field(default_factory=dict)
     undo: list[tuple[dict[Any, int], Any, int | None]] | None = field(default=None, repr=False, compare=False)
+    assets_of: dict[str, set[str]] = field(default_factory=dict, repr=False, compare=False)
+    """Index: holder → assets it has held (a superset of its non-zero balances), so that one
+    holder's balances are found without scanning the ledger."""
+
+    def __post_init__(self) -> None:
+        for holder, asset in self.balances:
+            self.assets_of.setdefault(holder, set()).add(asset)
     """While a command is being applied: (table, key, previous value) for every change, to roll back."""
 
     def begin(self) -> None:
@@ -73,6 +80,8 @@ class Ledger:
                 table[key] = old
 
     def _set(self, table: dict[Any, int], key: Any, new: int) -> None:
+        if table is self.balances and new:
+            self.assets_of.setdefault(key[0], set()).add(key[1])
         if self.undo is not None:
             self.undo.append((table, key, table.get(key)))
         if new:
@@ -86,7 +95,12 @@ class Ledger:
 
     def holder_balances(self, holder: str) -> dict[str, int]:
         """Non-zero balances of one holder, by asset, sorted by asset name."""
-        return {a: v for (h, a), v in sorted(self.balances.items()) if h == holder and v != 0}
+        out: dict[str, int] = {}
+        for asset in sorted(self.assets_of.get(holder, ())):
+            v = self.balances.get((holder, asset), 0)
+            if v:
+                out[asset] = v
+        return out
 
     def _add(self, holder: str, asset: str, delta: int) -> None:
         key = (holder, asset)

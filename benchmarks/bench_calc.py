@@ -1,0 +1,80 @@
+"""Calculator cost of exactness: ``calc.maintenance_margin`` and ``calc.liquidation_price`` per call.
+
+Side by side in one process: the public exact API (``str`` inputs and ``Decimal`` inputs,
+venue preset lookup, validation, exact rationals, tick rounding), the integer core it rests
+on, and a plain-Python float function of the same formula (bracket search + ``N × MMR − cum``;
+Binance's isolated one-way liquidation price with bracket re-selection). The float baseline
+does no validation and no rounding: it is the floor of what any Python implementation costs.
+
+Run: ``.venv/bin/python -m benchmarks.bench_calc`` (or ``python -m benchmarks --only calc``).
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from benchmarks._harness import Row, main, per_call_ns, row
+from perpmargin import calc
+from perpmargin.math.margin import maintenance_margin_q
+from perpmargin.presets import load_venue
+
+# Binance BTCUSDT 2021 table: (cap, MMR, cum) in plain floats for the baseline.
+_CAPS = [50_000.0, 250_000.0, 1_000_000.0, 10_000_000.0, 20_000_000.0, 50_000_000.0, 100_000_000.0,
+         200_000_000.0, 300_000_000.0, float("inf")]
+_MMR = [0.004, 0.005, 0.01, 0.025, 0.05, 0.1, 0.125, 0.15, 0.25, 0.5]
+_CUM = [0.0, 50.0, 1_300.0, 16_300.0, 266_300.0, 1_266_300.0, 2_516_300.0, 5_016_300.0, 25_016_300.0,
+        100_016_300.0]
+
+
+def float_maintenance_margin(*, size: float, price: float) -> float:
+    """Plain float: MM = N × MMR_n − cum_n with n the bracket of N = size × price."""
+    n = abs(size) * price
+    i = 0
+    while n >= _CAPS[i]:
+        i += 1
+    return n * _MMR[i] - _CUM[i]
+
+
+def float_liquidation_price(*, side: int, size: float, entry: float, wallet_balance: float) -> float:
+    """Plain float: Binance isolated one-way LP = (WB + cum − side·Q·EP)/(Q·MMR − side·Q), bracket re-selected."""
+    n = size * entry
+    i = 0
+    while n >= _CAPS[i]:
+        i += 1
+    for _ in range(10):
+        lp = (wallet_balance + _CUM[i] - side * size * entry) / (size * _MMR[i] - side * size)
+        j = 0
+        while size * lp >= _CAPS[j]:
+            j += 1
+        if j == i:
+            break
+        i = j
+    return lp
+
+
+def run(quick: bool) -> list[Row]:
+    n = 2_000 if quick else 20_000
+    rows: list[Row] = []
+    venue = load_venue("binance-usdm")
+    table = venue.markets["BTCUSDT"].brackets
+    g = "maintenance_margin per call"
+    rows.append(row(g, "plain float loop", per_call_ns(lambda: float_maintenance_margin(size=2.5, price=61_234.5), number=n), "ns"))
+
+    def int_core(size_sz: int = 2_500, price_px: int = 6_123_450) -> int:
+        # N in USDT quanta (1e-8) = size (1e-3 BTC) × price (1e-2 USDT) × 1e8 / 1e5, kept as num/den.
+        return maintenance_margin_q(table, size_sz * price_px * 1_000, 1)
+
+    rows.append(row(g, "integer core (math.margin)", per_call_ns(int_core, number=n), "ns", "plain float loop"))
+    rows.append(row(g, "calc, str inputs", per_call_ns(lambda: calc.maintenance_margin(venue="binance-usdm", symbol="BTCUSDT", size="2.5", price="61234.5"), number=n), "ns", "plain float loop"))
+    d_size, d_price = Decimal("2.5"), Decimal("61234.5")
+    rows.append(row(g, "calc, Decimal inputs", per_call_ns(lambda: calc.maintenance_margin(venue="binance-usdm", symbol="BTCUSDT", size=d_size, price=d_price), number=n), "ns", "plain float loop"))
+    g = "liquidation_price per call"
+    rows.append(row(g, "plain float loop", per_call_ns(lambda: float_liquidation_price(side=-1, size=1.0, entry=50_000.0, wallet_balance=2_500.0), number=n), "ns"))
+    rows.append(row(g, "calc, str inputs", per_call_ns(lambda: calc.liquidation_price(venue="binance-usdm", symbol="BTCUSDT", side="short", size="1", entry="50000", wallet_balance="2500", margin_mode="isolated"), number=n), "ns", "plain float loop"))
+    d1, d50k, d2500 = Decimal(1), Decimal(50_000), Decimal(2_500)
+    rows.append(row(g, "calc, Decimal inputs", per_call_ns(lambda: calc.liquidation_price(venue="binance-usdm", symbol="BTCUSDT", side="short", size=d1, entry=d50k, wallet_balance=d2500, margin_mode="isolated"), number=n), "ns", "plain float loop"))
+    return rows
+
+
+if __name__ == "__main__":
+    main(run)
