@@ -1,0 +1,20 @@
+# Shared by scripts/demo.sh and scripts/test.sh: make .venv with Python >= 3.11 and install
+# the project into it (again only when pyproject.toml changed).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PY=""
+for cand in python3.11 python3.12 python3.13 python3; do
+  if command -v "$cand" >/dev/null 2>&1 && "$cand" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    PY="$cand"; break
+  fi
+done
+if [ -z "$PY" ]; then echo "perpmargin needs Python >= 3.11 on PATH" >&2; exit 1; fi
+if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
+extras="${1:-}"
+stamp=".venv/.installed${extras:+-$extras}"
+want="$(cat pyproject.toml | sha256sum | cut -c1-16)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  if [ -n "$extras" ]; then .venv/bin/python -m pip install --quiet -e ".[$extras]"; else .venv/bin/python -m pip install --quiet -e .; fi
+  echo "$want" > "$stamp"
+fi

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Quickstart command 2: set up and run the whole test suite: pytest, ruff, mypy --strict.
+source "$(dirname "${BASH_SOURCE[0]}")/_env.sh" dev
+set -x
+.venv/bin/ruff check src tests benchmarks
+.venv/bin/mypy
+.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
