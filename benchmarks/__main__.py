@@ -69,7 +69,11 @@ def main() -> None:
 
 
 def _section(mod: str, runs: list[list[dict[str, object]]]) -> str:
-    lines = [f"\n## {mod}\n", "| group | name | median | min – max | unit | ratio to baseline |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"\n## {mod}\n",
+        "| group | name | median | min – max | unit | ratio to baseline |",
+        "|---|---|---|---|---|---|",
+    ]
     keys = [(str(r["group"]), str(r["name"])) for r in runs[0]]
     for group, name in keys:
         vals = [float(next(r["value"] for r in run if r["group"] == group and r["name"] == name)) for run in runs]  # type: ignore[arg-type]

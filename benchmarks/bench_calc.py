@@ -19,11 +19,20 @@ from perpmargin.math.margin import maintenance_margin_q
 from perpmargin.presets import load_venue
 
 # Binance BTCUSDT 2021 table: (cap, MMR, cum) in plain floats for the baseline.
-_CAPS = [50_000.0, 250_000.0, 1_000_000.0, 10_000_000.0, 20_000_000.0, 50_000_000.0, 100_000_000.0,
-         200_000_000.0, 300_000_000.0, float("inf")]
+_CAPS = [
+    50_000.0,
+    250_000.0,
+    1_000_000.0,
+    10_000_000.0,
+    20_000_000.0,
+    50_000_000.0,
+    100_000_000.0,
+    200_000_000.0,
+    300_000_000.0,
+    float("inf"),
+]
 _MMR = [0.004, 0.005, 0.01, 0.025, 0.05, 0.1, 0.125, 0.15, 0.25, 0.5]
-_CUM = [0.0, 50.0, 1_300.0, 16_300.0, 266_300.0, 1_266_300.0, 2_516_300.0, 5_016_300.0, 25_016_300.0,
-        100_016_300.0]
+_CUM = [0.0, 50.0, 1_300.0, 16_300.0, 266_300.0, 1_266_300.0, 2_516_300.0, 5_016_300.0, 25_016_300.0, 100_016_300.0]
 
 
 def float_maintenance_margin(*, size: float, price: float) -> float:
@@ -58,21 +67,97 @@ def run(quick: bool) -> list[Row]:
     venue = load_venue("binance-usdm")
     table = venue.markets["BTCUSDT"].brackets
     g = "maintenance_margin per call"
-    rows.append(row(g, "plain float loop", per_call_ns(lambda: float_maintenance_margin(size=2.5, price=61_234.5), number=n), "ns"))
+    rows.append(
+        row(
+            g,
+            "plain float loop",
+            per_call_ns(lambda: float_maintenance_margin(size=2.5, price=61_234.5), number=n),
+            "ns",
+        )
+    )
 
     def int_core(size_sz: int = 2_500, price_px: int = 6_123_450) -> int:
         # N in USDT quanta (1e-8) = size (1e-3 BTC) × price (1e-2 USDT) × 1e8 / 1e5, kept as num/den.
         return maintenance_margin_q(table, size_sz * price_px * 1_000, 1)
 
     rows.append(row(g, "integer core (math.margin)", per_call_ns(int_core, number=n), "ns", "plain float loop"))
-    rows.append(row(g, "calc, str inputs", per_call_ns(lambda: calc.maintenance_margin(venue="binance-usdm", symbol="BTCUSDT", size="2.5", price="61234.5"), number=n), "ns", "plain float loop"))
+    rows.append(
+        row(
+            g,
+            "calc, str inputs",
+            per_call_ns(
+                lambda: calc.maintenance_margin(venue="binance-usdm", symbol="BTCUSDT", size="2.5", price="61234.5"),
+                number=n,
+            ),
+            "ns",
+            "plain float loop",
+        )
+    )
     d_size, d_price = Decimal("2.5"), Decimal("61234.5")
-    rows.append(row(g, "calc, Decimal inputs", per_call_ns(lambda: calc.maintenance_margin(venue="binance-usdm", symbol="BTCUSDT", size=d_size, price=d_price), number=n), "ns", "plain float loop"))
+    rows.append(
+        row(
+            g,
+            "calc, Decimal inputs",
+            per_call_ns(
+                lambda: calc.maintenance_margin(venue="binance-usdm", symbol="BTCUSDT", size=d_size, price=d_price),
+                number=n,
+            ),
+            "ns",
+            "plain float loop",
+        )
+    )
     g = "liquidation_price per call"
-    rows.append(row(g, "plain float loop", per_call_ns(lambda: float_liquidation_price(side=-1, size=1.0, entry=50_000.0, wallet_balance=2_500.0), number=n), "ns"))
-    rows.append(row(g, "calc, str inputs", per_call_ns(lambda: calc.liquidation_price(venue="binance-usdm", symbol="BTCUSDT", side="short", size="1", entry="50000", wallet_balance="2500", margin_mode="isolated"), number=n), "ns", "plain float loop"))
+    rows.append(
+        row(
+            g,
+            "plain float loop",
+            per_call_ns(
+                lambda: float_liquidation_price(side=-1, size=1.0, entry=50_000.0, wallet_balance=2_500.0), number=n
+            ),
+            "ns",
+        )
+    )
+    rows.append(
+        row(
+            g,
+            "calc, str inputs",
+            per_call_ns(
+                lambda: calc.liquidation_price(
+                    venue="binance-usdm",
+                    symbol="BTCUSDT",
+                    side="short",
+                    size="1",
+                    entry="50000",
+                    wallet_balance="2500",
+                    margin_mode="isolated",
+                ),
+                number=n,
+            ),
+            "ns",
+            "plain float loop",
+        )
+    )
     d1, d50k, d2500 = Decimal(1), Decimal(50_000), Decimal(2_500)
-    rows.append(row(g, "calc, Decimal inputs", per_call_ns(lambda: calc.liquidation_price(venue="binance-usdm", symbol="BTCUSDT", side="short", size=d1, entry=d50k, wallet_balance=d2500, margin_mode="isolated"), number=n), "ns", "plain float loop"))
+    rows.append(
+        row(
+            g,
+            "calc, Decimal inputs",
+            per_call_ns(
+                lambda: calc.liquidation_price(
+                    venue="binance-usdm",
+                    symbol="BTCUSDT",
+                    side="short",
+                    size=d1,
+                    entry=d50k,
+                    wallet_balance=d2500,
+                    margin_mode="isolated",
+                ),
+                number=n,
+            ),
+            "ns",
+            "plain float loop",
+        )
+    )
     return rows
 
 

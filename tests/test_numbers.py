@@ -51,7 +51,19 @@ def test_div_round_agrees_with_decimal_quantize(num: int, den: int, rounding: Ro
 @pytest.mark.parametrize(
     "bad",
     [0.1, float("nan"), float("inf"), True, "abc", "1e40", "NaN", "-inf", None, [1], ""],
-    ids=["float", "float nan", "float inf", "bool", "word", "too large", "string nan", "string -inf", "none", "list", "empty"],
+    ids=[
+        "float",
+        "float nan",
+        "float inf",
+        "bool",
+        "word",
+        "too large",
+        "string nan",
+        "string -inf",
+        "none",
+        "list",
+        "empty",
+    ],
 )
 def test_parse_decimal_refuses_what_is_not_an_exact_finite_number(bad: object) -> None:
     with pytest.raises(InvalidNumberError) as info:

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from perpmargin import cli_calc, cli_journal
+from perpmargin import cli_calc, cli_funding, cli_journal
 from perpmargin.errors import PerpmarginError
 
 __all__ = ["app", "main"]
@@ -24,6 +24,9 @@ app = typer.Typer(
     help="Exact margin, liquidation and risk engine for perpetual futures.",
     no_args_is_help=True,
     add_completion=False,
+)
+cli_calc.app.add_typer(
+    cli_funding.app, name="funding", help="Funding rate and payment (premium, interest, clamp, cap)."
 )
 app.add_typer(cli_calc.app, name="calc", help="Venue calculator: margin, liquidation and bankruptcy prices, PnL.")
 app.add_typer(cli_journal.app, name="journal", help="Verify, replay or snapshot a command journal.")

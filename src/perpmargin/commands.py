@@ -18,16 +18,32 @@ from perpmargin.numbers import parse_decimal
 
 __all__ = [
     "COMMAND_TYPES",
+    "AuctionBid",
+    "BookUpdate",
     "Command",
+    "ConfigureLiquidation",
     "CreateAccount",
+    "DelistMarket",
     "Deposit",
+    "DisablePriceBands",
     "Event",
     "Fill",
+    "FundInsurance",
+    "FundingTick",
+    "HaltMarket",
+    "OracleUpdate",
+    "RegisterLiquidator",
+    "ResumeMarket",
+    "SetBookDepth",
     "SetIndexPrice",
     "SetLeverage",
     "SetMarginMode",
     "SetMarkPrice",
     "SetPositionMode",
+    "SetPriceBands",
+    "SetSettlementPrice",
+    "SettleFunding",
+    "SweepLiquidations",
     "TransferMargin",
     "Withdraw",
     "command_from_dict",
@@ -164,6 +180,228 @@ class Fill(Command):
     type_name: ClassVar[str] = "Fill"
 
 
+# -- prices, funding and operator overrides (perpmargin.prices) ---------------------------------
+
+
+def _tuplify(value: Any) -> Any:
+    """Lists (e.g. from JSON) to tuples, recursively, so that a command round-trips exactly."""
+    if isinstance(value, list | tuple):
+        return tuple(_tuplify(v) for v in value)
+    return value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OracleUpdate(Command):
+    """Quotes of named sources for a market's index (``symbol``) or a collateral asset's (``asset``).
+
+    ``quotes`` is a tuple of ``(source, price, source_ts_ms)`` or ``(source, price, source_ts_ms,
+    confidence)`` with decimal-string prices. The index is the weighted median of the fresh,
+    in-domain, plausible, in-band quotes, or no price (DEGRADED) below quorum; see
+    :mod:`perpmargin.prices`.
+    """
+
+    symbol: str | None = None
+    asset: str | None = None
+    quotes: tuple[tuple[Any, ...], ...] = ()
+    type_name: ClassVar[str] = "OracleUpdate"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "quotes", _tuplify(self.quotes))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BookUpdate(Command):
+    """Book inputs of a market: best bid/ask, last trade, book levels or impact prices, external mid.
+
+    ``bids``/``asks`` are ``(price, size)`` levels (linear markets: the impact prices at the
+    impact notional are computed from them); ``impact_bid``/``impact_ask`` give them directly.
+    ``external_mid`` is a perp mid from other venues (Hyperliquid's third mark input).
+    """
+
+    symbol: str
+    best_bid: str | None = None
+    best_ask: str | None = None
+    last: str | None = None
+    bids: tuple[tuple[Any, ...], ...] = ()
+    asks: tuple[tuple[Any, ...], ...] = ()
+    impact_bid: str | None = None
+    impact_ask: str | None = None
+    external_mid: str | None = None
+    type_name: ClassVar[str] = "BookUpdate"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bids", _tuplify(self.bids))
+        object.__setattr__(self, "asks", _tuplify(self.asks))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FundingTick(Command):
+    """Carries time only: settles every funding boundary and ends every cool-off up to ``ts_ms``
+    (any command does that first; this one does nothing else)."""
+
+    type_name: ClassVar[str] = "FundingTick"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SettleFunding(Command):
+    """Index settlement: settle the pending funding of one account (or of every position, ``@external``
+    included, when ``account_id`` is None) on ``symbol``."""
+
+    symbol: str
+    account_id: str | None = None
+    type_name: ClassVar[str] = "SettleFunding"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HaltMarket(Command):
+    """Operator: halt a market (``mode="halted"``) or make it reduce-only, until resumed or ``until_ms``."""
+
+    symbol: str
+    actor: str
+    reason: str
+    mode: str = "halted"
+    until_ms: int | None = None
+    type_name: ClassVar[str] = "HaltMarket"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResumeMarket(Command):
+    """Operator: reopen a halted or reduce-only market."""
+
+    symbol: str
+    actor: str
+    reason: str
+    type_name: ClassVar[str] = "ResumeMarket"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SetSettlementPrice(Command):
+    """Operator: pin the market's mark to a settlement price (the price a delisting closes at)."""
+
+    symbol: str
+    price: str
+    actor: str
+    reason: str
+    type_name: ClassVar[str] = "SetSettlementPrice"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DelistMarket(Command):
+    """Operator: close every position of the market at the settlement price (``price`` or the one set
+    before) and refuse every later fill."""
+
+    symbol: str
+    actor: str
+    reason: str
+    price: str | None = None
+    type_name: ClassVar[str] = "DelistMarket"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SetPriceBands(Command):
+    """Operator: set (and enable) the market's price band: ``max_move`` within ``window_ms`` puts it
+    in ``action`` (``halt`` or ``reduce_only``) for ``cooloff_ms``."""
+
+    symbol: str
+    actor: str
+    reason: str
+    max_move: str
+    window_ms: int
+    action: str = "reduce_only"
+    cooloff_ms: int = 300_000
+    type_name: ClassVar[str] = "SetPriceBands"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DisablePriceBands(Command):
+    """Operator: disable the market's price band (emits an alarm; every would-be breach alarms again)."""
+
+    symbol: str
+    actor: str
+    reason: str
+    type_name: ClassVar[str] = "DisablePriceBands"
+
+
+# -- liquidation (perpmargin.liquidation) ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConfigureLiquidation(Command):
+    """Turn the liquidation engine on, re-configure it, or (``enabled = false``) off.
+
+    ``params`` are ``(key, value)`` decimal/boolean strings, the keys of a preset's
+    ``[venue.liquidation]`` section (:data:`perpmargin.liquidation.PARAM_DEFAULTS`);
+    :func:`perpmargin.liquidation.configure_command` builds this command from a preset.
+    """
+
+    params: tuple[tuple[str, str], ...] = ()
+    type_name: ClassVar[str] = "ConfigureLiquidation"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "params", _tuplify(self.params))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SetBookDepth(Command):
+    """Replace the depth liquidations trade against: ``(price, size)`` levels, bids descending, asks ascending.
+
+    Stored in the engine state (so a replay sees the same liquidity); liquidation fills consume it.
+    """
+
+    symbol: str
+    bids: tuple[tuple[Any, ...], ...] = ()
+    asks: tuple[tuple[Any, ...], ...] = ()
+    type_name: ClassVar[str] = "SetBookDepth"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bids", _tuplify(self.bids))
+        object.__setattr__(self, "asks", _tuplify(self.asks))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RegisterLiquidator(Command):
+    """Register (``capacity > 0``) or remove (``capacity = 0``) a liquidator account.
+
+    ``capacity`` is the notional (valuation units) it will take over in all; it takes only at a
+    price at least ``min_discount`` better than the mark; ``backstop`` liquidators also take what
+    the book and the auction left (Drift/Hyperliquid takeover).
+    """
+
+    account_id: str
+    capacity: str
+    min_discount: str = "0"
+    backstop: bool = False
+    type_name: ClassVar[str] = "RegisterLiquidator"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuctionBid(Command):
+    """A registered liquidator takes ``size`` of auction ``auction_id`` at the auction's current price."""
+
+    auction_id: int
+    account_id: str
+    size: str
+    type_name: ClassVar[str] = "AuctionBid"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SweepLiquidations(Command):
+    """Safety net: evaluate every margin bucket exactly (margin calls, liquidations, bad debt)."""
+
+    full: bool = True
+    type_name: ClassVar[str] = "SweepLiquidations"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FundInsurance(Command):
+    """Deposit ``amount`` of ``asset`` into the insurance fund (of ``symbol`` when funds are per market)."""
+
+    asset: str
+    amount: str
+    symbol: str | None = None
+    type_name: ClassVar[str] = "FundInsurance"
+
+
 COMMAND_TYPES: dict[str, type[Command]] = {
     c.type_name: c
     for c in (
@@ -177,6 +415,22 @@ COMMAND_TYPES: dict[str, type[Command]] = {
         SetPositionMode,
         TransferMargin,
         Fill,
+        OracleUpdate,
+        BookUpdate,
+        FundingTick,
+        SettleFunding,
+        HaltMarket,
+        ResumeMarket,
+        SetSettlementPrice,
+        DelistMarket,
+        SetPriceBands,
+        DisablePriceBands,
+        ConfigureLiquidation,
+        SetBookDepth,
+        RegisterLiquidator,
+        AuctionBid,
+        SweepLiquidations,
+        FundInsurance,
     )
 }
 

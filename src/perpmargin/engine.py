@@ -53,10 +53,12 @@ from perpmargin.errors import (
     UnknownSymbolError,
 )
 from perpmargin.ledger import EXTERNAL, FEES, INSURANCE, ROUNDING, SYSTEM_HOLDERS
-from perpmargin.math.liquidation import solve_monotone_root
+from perpmargin.liquidation import LiquidationDesk
 from perpmargin.math.margin import mul_rate_q
 from perpmargin.numbers import RATE_SCALE, Rounding, div_round, from_quanta, parse_decimal, to_quanta
-from perpmargin.risk import AccountRisk, BucketRisk, account_risk, cross_bucket, position_im_mm
+from perpmargin.price_config import PriceRules
+from perpmargin.prices import PriceDesk
+from perpmargin.risk import AccountRisk, BucketRisk, account_risk, cross_bucket, pending_funding_q
 from perpmargin.state import (
     Account,
     EngineState,
@@ -98,6 +100,40 @@ def _valid_id(account_id: object) -> str:
     return account_id
 
 
+def _nearest_flip(liquidatable: Callable[[int], bool], mark: int, lo: int, hi: int) -> int | None:
+    """The price nearest to ``mark`` on the liquidatable side of a flip of ``liquidatable(p)``.
+
+    Exponential search outward from ``mark`` in both directions, then bisection; exact over
+    integer prices, ``O(log distance)`` evaluations per direction.
+    """
+    now = liquidatable(mark)
+    best: int | None = None
+    for direction in (-1, 1):
+        step = max(1, mark >> 12)
+        prev, found = mark, None
+        while True:
+            p = mark + direction * step
+            if p < lo or p > hi:
+                break
+            if liquidatable(p) != now:
+                found = p
+                break
+            prev, step = p, step * 2
+        if found is None:
+            continue
+        a, b = prev, found  # state(a) == now, state(b) != now
+        while abs(b - a) > 1:
+            mid = (a + b) // 2
+            if liquidatable(mid) == now:
+                a = mid
+            else:
+                b = mid
+        boundary = a if now else b
+        if best is None or abs(boundary - mark) < abs(best - mark):
+            best = boundary
+    return best
+
+
 class _Tx:
     """Records what a command changes so that a failure can restore the state exactly."""
 
@@ -105,6 +141,10 @@ class _Tx:
         self.state = state
         self.saved_accounts: dict[str, Account | None] = {}
         self.saved_prices = (dict(state.asset_prices), dict(state.mark_prices), dict(state.long_oi_sz))
+        self.on_rollback: list[Callable[[], None]] = []
+        """Undo actions of subsystems (e.g. copy-on-write price state), run newest first on rollback."""
+        self.scratch: dict[str, Any] = {}
+        """Per-command working data of subsystems."""
         state.ledger.begin()
 
     def account(self, account_id: str) -> Account:
@@ -128,6 +168,8 @@ class _Tx:
             else:
                 st.accounts[aid] = acc
         st.asset_prices, st.mark_prices, st.long_oi_sz = (dict(d) for d in self.saved_prices)
+        for undo in reversed(self.on_rollback):
+            undo()
 
     def commit(self) -> None:
         self.state.ledger.commit()
@@ -152,6 +194,12 @@ class Engine:
             TransferMargin: self._transfer_margin,
             Fill: self._fill,
         }
+        self.prices = PriceDesk(self)
+        """Oracle, mark, bands, funding and operator overrides (:mod:`perpmargin.prices`)."""
+        self._handlers.update(self.prices.handlers())
+        self.liquidation = LiquidationDesk(self)
+        """Margin calls, liquidation, auctions, insurance fund, ADL, gates (:mod:`perpmargin.liquidation`)."""
+        self._handlers.update(self.liquidation.handlers())
 
     @classmethod
     def create(
@@ -160,11 +208,27 @@ class Engine:
         assets: dict[str, Asset],
         markets: dict[str, Market],
         asset_prices: dict[str, int] | None = None,
+        *,
+        price_rules: PriceRules | None = None,
     ) -> Engine:
-        """A fresh engine over the given configuration (``asset_prices`` in each asset's price quanta)."""
-        st = EngineState(rules=rules, assets=dict(assets), markets=dict(markets))
+        """A fresh engine over the given configuration (``asset_prices`` in each asset's price quanta).
+
+        ``price_rules`` (oracle, mark, funding, bands; :mod:`perpmargin.price_config`) default to
+        those of the shipped preset named like ``rules.name`` (venue defaults for markets it does
+        not list), or to the generic defaults for another venue name.
+        """
+        if price_rules is None:
+            from perpmargin.presets import default_price_rules
+
+            price_rules = default_price_rules(rules, markets, assets)
+        st = EngineState(rules=rules, assets=dict(assets), markets=dict(markets), price_rules=price_rules)
         st.asset_prices = dict(asset_prices or {})
         return cls(st)
+
+    @classmethod
+    def from_venue(cls, venue: Any) -> Engine:
+        """A fresh engine over a loaded preset (:class:`~perpmargin.presets.Venue`), price rules included."""
+        return cls.create(venue.rules, venue.assets, venue.markets, venue.asset_prices, price_rules=venue.price_rules)
 
     # -- public API -----------------------------------------------------------------------
 
@@ -181,13 +245,16 @@ class Engine:
             )
         tx = _Tx(self.state)
         try:
-            raw = handler(tx, cmd)
+            raw = self.prices.before_command(tx, cmd.ts_ms)  # funding boundaries, cool-offs due by ts_ms
+            raw += handler(tx, cmd)
+            raw += self.liquidation.after_command(tx, cmd)  # monitoring + liquidation of what changed
         except PerpmarginError:
             tx.rollback()
             raise
         except Exception:
             tx.rollback()
             raise
+        self.prices.committing(tx)
         tx.commit()
         self.state.seq += 1
         self.state.last_ts_ms = cmd.ts_ms
@@ -200,6 +267,11 @@ class Engine:
     def risk(self, account_id: str) -> AccountRisk:
         """Derived risk of one account at current prices."""
         return account_risk(self.state, account_id)
+
+    def price_valid_for(self, symbol: str, action: str, now_ms: int | None = None) -> bool:
+        """May ``action`` (``open``, ``reduce``, ``liquidate``, ``margin``, ``funding``, ``trigger``) use
+        ``symbol``'s price at ``now_ms`` (default: the last command's time)? See :mod:`perpmargin.prices`."""
+        return self.prices.price_valid_for(symbol, action, now_ms)
 
     def check_order(
         self,
@@ -271,36 +343,35 @@ class Engine:
     def liquidation_price(self, account_id: str, symbol: str, leg: str = "BOTH") -> Decimal | None:
         """Mark price of ``symbol`` at which the bucket holding the position becomes liquidatable.
 
-        Found exactly by bisection over price quanta with every other price held fixed
-        (works for any margin rule, cross or isolated, multi-asset). Rounded to a price
-        quantum on the early side (a long's rounds up, a short's down). ``None`` when no
-        price in ``(0, 1e6 × mark]`` liquidates it.
+        Found exactly over price quanta with every other price held fixed, so it works for any
+        margin rule, cross or isolated, hedge legs and multi-asset collateral: from the current
+        mark an exponential search in each direction finds where the bucket's state
+        (liquidatable or not) flips, a bisection pins the boundary, and the boundary nearest
+        to the mark is reported, on its liquidatable side (a long's price therefore rounds up,
+        a short's down). For a bucket that is liquidatable now it is the nearest price at which
+        it would still be. ``None`` when no price in ``[1 quantum, 1e6 × mark]`` flips it.
         """
         acc = self.state.accounts.get(account_id)
         if acc is None:
             raise UnknownAccountError("no such account", account_id=account_id)
         market = self._market(symbol)
-        pos = acc.position(symbol, Leg(leg))
+        pos = acc.position(symbol, self._leg(leg))
         if pos is None or pos.size_sz == 0:
             return None
         mark = self.state.mark_prices[symbol]
         saved = dict(self.state.mark_prices)
+        holder = isolated_holder(account_id, symbol, pos.leg)
 
-        def margin_excess(px: int) -> Fraction:
+        def liquidatable(px: int) -> bool:
             self.state.mark_prices[symbol] = px
             if pos.margin_mode is MarginMode.ISOLATED:
-                b = next(b for b in account_risk(self.state, account_id).isolated if b.holder.endswith(f"#{symbol}#{leg}"))
+                b = next(b for b in account_risk(self.state, account_id).isolated if b.holder == holder)
             else:
                 b = cross_bucket(self.state, acc)
-            return Fraction(b.equity_q - b.mm_q)
+            return b.equity_q <= b.mm_q
 
         try:
-            hi = mark * 1_000_000
-            if pos.size_sz > 0:
-                # Long: equity − MM grows with price; liquidated at the greatest p with excess ≤ 0.
-                p = solve_monotone_root(lambda px: -margin_excess(px), 1, mark, increasing=False)
-            else:
-                p = solve_monotone_root(lambda px: -margin_excess(px), mark, hi, increasing=True)
+            p = _nearest_flip(liquidatable, mark, 1, max(mark, 1) * 1_000_000)
         finally:
             self.state.mark_prices = saved
         return None if p is None else from_quanta(p, market.price_decimals)
@@ -332,12 +403,14 @@ class Engine:
         wallet = Fraction(st.ledger.balance(acc.account_id, asset))
         for pos in acc.sorted_positions():
             if pos.margin_mode is MarginMode.CROSS and st.markets[pos.symbol].settle_asset == asset:
-                wallet += pos.cost_q
+                wallet += pos.cost_q - pending_funding_q(st, pos)
         return div_round(wallet.numerator, wallet.denominator, Rounding.FLOOR)
 
     def _withdraw_ok(self, acc: Account, asset: str, amount_q: int) -> bool:
         st = self.state
         if amount_q > self.wallet_balance_q(acc, asset) or self._has_negative_isolated(acc):
+            return False
+        if not self.liquidation.withdrawal_allowed(asset, amount_q):  # negative-equity pause, outflow limits
             return False
         held = st.ledger.balance(acc.account_id, asset)
         b = cross_bucket(st, acc, overrides={asset: held - amount_q})
@@ -382,10 +455,15 @@ class Engine:
         acc = self._user(tx, cmd.account_id)
         a = self._asset(cmd.asset)
         q = to_quanta(cmd.amount, a.decimals, field="amount", positive=True)
+        funding = self.prices.before_margin_action(tx, acc, cmd.ts_ms)  # settle index funding; valid prices
         held = self.wallet_balance_q(acc, a.name)
         if q > held:
             raise InsufficientBalanceError(
-                "withdrawal exceeds the wallet balance", account_id=acc.account_id, asset=a.name, amount_q=q, held_q=held
+                "withdrawal exceeds the wallet balance",
+                account_id=acc.account_id,
+                asset=a.name,
+                amount_q=q,
+                held_q=held,
             )
         if self._has_negative_isolated(acc):
             raise InsufficientMarginError("an isolated position has negative equity", account_id=acc.account_id)
@@ -398,18 +476,20 @@ class Engine:
                 equity_q=b.equity_q,
                 im_q=b.im_q,
             )
-        return [("Withdrawn", {"account_id": acc.account_id, "asset": a.name, "amount_q": q})]
+        return [*funding, ("Withdrawn", {"account_id": acc.account_id, "asset": a.name, "amount_q": q})]
 
     def _set_index_price(self, tx: _Tx, cmd: SetIndexPrice) -> list[tuple[str, dict[str, Any]]]:
         a = self._asset(cmd.asset)
         px = to_quanta(cmd.price, a.price_decimals, field="price", positive=True)
         self.state.asset_prices[a.name] = px
+        self.prices.operator_index(tx, a.name, px)
         return [("IndexPriceSet", {"asset": a.name, "price_px": px})]
 
     def _set_mark_price(self, tx: _Tx, cmd: SetMarkPrice) -> list[tuple[str, dict[str, Any]]]:
         m = self._market(cmd.symbol)
         px = to_quanta(cmd.price, m.price_decimals, field="price", positive=True)
         self.state.mark_prices[m.symbol] = px
+        self.prices.operator_mark(tx, m.symbol, px)
         return [("MarkPriceSet", {"symbol": m.symbol, "price_px": px})]
 
     def _set_leverage(self, tx: _Tx, cmd: SetLeverage) -> list[tuple[str, dict[str, Any]]]:
@@ -418,6 +498,7 @@ class Engine:
         lev = _parse_leverage(cmd.leverage)
         if lev > m.max_leverage:
             raise LeverageError("leverage above the market's maximum", leverage=str(lev), max=str(m.max_leverage))
+        before = cross_bucket(self.state, acc)
         acc.leverage[m.symbol] = lev
         for leg in Leg:
             pos = acc.position(m.symbol, leg)
@@ -427,7 +508,16 @@ class Engine:
             self._check_bracket_leverage(m, pos)
             if pos.margin_mode is MarginMode.ISOLATED:
                 self._top_up_isolated(acc, m, pos)
-        self._require_initial(acc)
+        after = cross_bucket(self.state, acc)
+        # An account below its initial requirement may still change leverage where that does
+        # not raise its requirement (a flat symbol, or more leverage on an open position).
+        if not after.is_initial_ok and (after.im_q > before.im_q or after.equity_q < before.equity_q):
+            raise InsufficientMarginError(
+                "equity would fall below the initial margin requirement",
+                account_id=acc.account_id,
+                equity_q=after.equity_q,
+                im_q=after.im_q,
+            )
         return [("LeverageSet", {"account_id": acc.account_id, "symbol": m.symbol, "leverage": str(lev)})]
 
     def _set_margin_mode(self, tx: _Tx, cmd: SetMarginMode) -> list[tuple[str, dict[str, Any]]]:
@@ -473,8 +563,17 @@ class Engine:
                     equity_q=iso.equity_q,
                     im_q=iso.im_q,
                 )
+            # Unrealised profit stays in the bucket (Binance: removable ≤ isolated wallet − MM).
+            if Fraction(self.state.ledger.balance(holder, settle.name)) + pos.cost_q < iso.mm_q:
+                raise InsufficientMarginError(
+                    "removing margin would take unrealised profit out of the isolated position",
+                    mm_q=iso.mm_q,
+                )
         return [
-            ("MarginTransferred", {"account_id": acc.account_id, "symbol": m.symbol, "leg": leg.value, "amount_q": amount})
+            (
+                "MarginTransferred",
+                {"account_id": acc.account_id, "symbol": m.symbol, "leg": leg.value, "amount_q": amount},
+            )
         ]
 
     @staticmethod
@@ -536,12 +635,14 @@ class Engine:
         if buyer == seller:
             raise InvalidInputError("a fill needs two different sides", buyer=buyer, seller=seller)
         for aid in (buyer, seller):
-            if aid != EXTERNAL and (aid.startswith("@") or aid not in st.accounts):
+            if aid != EXTERNAL and (not isinstance(aid, str) or aid.startswith("@") or aid not in st.accounts):
                 raise UnknownAccountError("no such account", account_id=aid)
         if st.asset_prices.get(settle.name) is None and settle.name != st.rules.valuation_asset:
             raise InvalidInputError("no index price for the settle asset; set one first", asset=settle.name)
         if m.symbol not in st.mark_prices:
             st.mark_prices[m.symbol] = price
+        # Halted/delisted markets refuse; pending index funding settles at the old sizes first.
+        funding_events = self.prices.before_fill(tx, m, cmd.ts_ms, (buyer, seller))
         before = {aid: cross_bucket(st, st.accounts[aid]) for aid in (buyer, seller) if aid != EXTERNAL}
         sides = (
             (buyer, size, self._leg(cmd.buyer_leg), cmd.buyer_reduce_only, cmd.aggressor == "buy"),
@@ -549,7 +650,7 @@ class Engine:
         )
         value = m.value_q(size, price, settle.decimals)  # buyer's position value change
         notional = abs(value)
-        events: list[tuple[str, dict[str, Any]]] = []
+        events: list[tuple[str, dict[str, Any]]] = funding_events
         holders: list[str] = []
         opened_any: dict[str, bool] = {}
         for aid, delta, leg, reduce_only, is_taker in sides:
@@ -569,6 +670,7 @@ class Engine:
             data["fee_q"] = fee
             data["taker"] = is_taker
             events.append(("FillApplied", data))
+        self.prices.after_fill(tx, m, cmd.ts_ms, events)  # reduce-only market or invalid index: reduce only
         # Cash legs: the buyer's position value grows by `value`, so the buyer pays it.
         pay_hi = div_round(value.numerator, value.denominator, Rounding.CEIL)
         pay_lo = div_round(value.numerator, value.denominator, Rounding.FLOOR)
@@ -607,7 +709,10 @@ class Engine:
             oi = st.long_oi_sz.get(m.symbol, 0)
             if oi > m.oi_cap_sz and any(opened_any.values()):
                 raise OpenInterestCapError(
-                    "fill would take open interest above the market's cap", symbol=m.symbol, oi_sz=oi, cap_sz=m.oi_cap_sz
+                    "fill would take open interest above the market's cap",
+                    symbol=m.symbol,
+                    oi_sz=oi,
+                    cap_sz=m.oi_cap_sz,
                 )
         return events
 
@@ -642,7 +747,7 @@ class Engine:
         size0 = pos.size_sz if pos else 0
         cost0 = pos.cost_q if pos else Fraction(0)
         new = size0 + delta
-        if leg is Leg.LONG and new < 0 or leg is Leg.SHORT and new > 0:
+        if (leg is Leg.LONG and new < 0) or (leg is Leg.SHORT and new > 0):
             raise PositionModeError("a fill may not flip a hedge-mode leg", leg=leg.value, size_after=new)
         if reduce_only and (abs(new) > abs(size0) or new * size0 < 0):
             raise ReduceOnlyError("reduce-only fill would open or grow the position", account_id=acc.account_id)
@@ -667,7 +772,9 @@ class Engine:
         if new == 0:
             acc.positions.pop((m.symbol, leg), None)
         elif pos is None:
-            acc.positions[(m.symbol, leg)] = Position(m.symbol, leg, new, cost, margin_mode, leverage)
+            acc.positions[(m.symbol, leg)] = Position(
+                m.symbol, leg, new, cost, margin_mode, leverage, self.prices.new_position_index(m.symbol)
+            )
         else:
             pos.size_sz, pos.cost_q = new, cost
         st.long_oi_sz[m.symbol] = st.long_oi_sz.get(m.symbol, 0) + max(new, 0) - max(size0, 0)

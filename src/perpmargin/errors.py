@@ -17,7 +17,10 @@ caller can catch the whole family with one clause, or one branch of it::
     │   ├── LeverageError                leverage above the bracket's maximum, or below 1
     │   ├── PositionModeError            e.g. a hedge-mode leg sent to a one-way account
     │   ├── OpenInterestCapError         the fill would take open interest above the market's cap
-    │   └── ReduceOnlyError              a reduce-only order that would grow the position
+    │   ├── ReduceOnlyError              a reduce-only order that would grow the position
+    │   ├── MarketPausedError            the market is halted, reduce-only, delisted or its price is not valid
+    │   ├── WithdrawalsPausedError       an account has unresolved negative equity: outflows pause
+    │   └── OutflowLimitError            the withdrawal would exceed the hourly or daily outflow limit
     ├── JournalError                     the journal cannot be trusted or written
     │   └── JournalCorruptError          corruption before the last record: start-up refuses
     └── InvariantViolation               a broken internal invariant: a bug, never bad input
@@ -40,7 +43,9 @@ __all__ = [
     "JournalCorruptError",
     "JournalError",
     "LeverageError",
+    "MarketPausedError",
     "OpenInterestCapError",
+    "OutflowLimitError",
     "PerpmarginError",
     "PositionModeError",
     "ReduceOnlyError",
@@ -49,6 +54,7 @@ __all__ = [
     "UnknownAssetError",
     "UnknownPresetError",
     "UnknownSymbolError",
+    "WithdrawalsPausedError",
 ]
 
 
@@ -160,6 +166,27 @@ class ReduceOnlyError(RejectedError):
     """A reduce-only order would open or grow a position."""
 
     code = "reduce_only"
+
+
+class MarketPausedError(RejectedError):
+    """The market does not accept this action now: halted, delisted, reduce-only, or its price is
+    degraded (below quorum), stale or diverging; ``details`` say which (``status``, ``validity``)."""
+
+    code = "market_paused"
+
+
+class WithdrawalsPausedError(RejectedError):
+    """Withdrawals and margin removals pause while any account has negative equity that the loss
+    waterfall could not allocate (dYdX's gating; ``details`` list the buckets)."""
+
+    code = "withdrawals_paused"
+
+
+class OutflowLimitError(RejectedError):
+    """The withdrawal would take the venue's outflow over its hourly or daily limit (``details``:
+    window, used, amount and limit in valuation quanta)."""
+
+    code = "outflow_limit"
 
 
 class JournalError(PerpmarginError):

@@ -113,6 +113,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
@@ -200,6 +201,8 @@ def _describe(obj: object) -> Any:
         return obj
     if isinstance(obj, Fraction):
         return f"{obj.numerator}/{obj.denominator}"
+    if isinstance(obj, Decimal):
+        return f"D{obj}"
     if isinstance(obj, enum.Enum):
         return _describe(obj.value)
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
@@ -225,6 +228,8 @@ def venue_fingerprint(venue: Venue) -> str:
         "assets": _describe(venue.assets),
         "markets": _describe(venue.markets),
         "asset_prices": _describe(venue.asset_prices),
+        "price_rules": _describe(venue.price_rules),
+        "liquidation": _describe(getattr(venue, "liquidation", ())),
     }
     return hashlib.sha256(canonical_json(desc).encode("ascii")).hexdigest()
 

@@ -161,7 +161,7 @@ def parse_decimal(
     InvalidNumberError
         With ``field`` and the offending value in its details.
     """
-    if isinstance(value, bool) or isinstance(value, float):
+    if isinstance(value, bool | float):
         raise InvalidNumberError(
             f"{field} must be a Decimal, int or numeric string, not {type(value).__name__}",
             field=field,

@@ -30,6 +30,12 @@ Schema (all keys documented in ``docs/presets.md``)::
     maker_fee = "0.0002"; taker_fee = "0.0005"
     default_leverage = "20"
     brackets = [{ floor = "0", mmr = "0.004", max_leverage = "125" }, ...]
+
+    [prices.oracle] / [prices.mark] / [prices.funding] / [prices.bands] / [prices.asset_oracle]
+                                    # venue defaults of the price rules (keys: perpmargin.price_config)
+    [markets.BTCUSDT.funding]       # per-market overrides (also .oracle, .mark, .bands)
+    impact_notional = "20000"
+    [assets.USDE.oracle]            # per-asset collateral oracle (e.g. floor = "0.98")
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from typing import Any
 
 from perpmargin.config import Asset, ContractKind, LiqPriceRule, MarginRule, Market, VenueRules
 from perpmargin.errors import ConfigError, PerpmarginError, UnknownPresetError
+from perpmargin.liquidation import normalize_params
 from perpmargin.math.collateral import HaircutTier
 from perpmargin.math.margin import BracketTable, build_brackets
 from perpmargin.numbers import RATE_DECIMALS, parse_decimal, to_quanta
@@ -62,6 +69,8 @@ class Venue:
     description: str = ""
     price_rules: PriceRules = field(default_factory=PriceRules)
     """Oracle, mark, funding and band rules (``[prices.*]`` and ``[markets.X.oracle|mark|funding|bands]``)."""
+    liquidation: tuple[tuple[str, str], ...] = ()
+    """``[venue.liquidation]`` parameters, validated (:func:`perpmargin.liquidation.configure_command`)."""
 
     def market(self, symbol: str) -> Market:
         """The market named ``symbol``."""
@@ -271,6 +280,7 @@ def venue_from_dict(data: dict[str, Any], *, source: str = "<dict>") -> Venue:
         asset_prices=prices,
         description=str(v.get("description", "")),
         price_rules=price_rules,
+        liquidation=normalize_params(v.get("liquidation", {})),
     )
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 
-from perpmargin.config import Market, MarginRule
+from perpmargin.config import MarginRule, Market
 from perpmargin.errors import InvalidInputError, UnknownAccountError
 from perpmargin.math.collateral import collateral_value_q, liability_value_q
 from perpmargin.math.margin import (
@@ -32,6 +32,7 @@ from perpmargin.math.margin import (
     mul_rate_q,
 )
 from perpmargin.numbers import Rounding, div_round, pow10
+from perpmargin.price_state import pending_funding_owed_q
 from perpmargin.state import Account, EngineState, MarginMode, Position, isolated_holder
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "PositionRisk",
     "account_risk",
     "asset_price_fraction",
+    "pending_funding_q",
     "position_im_mm",
     "position_risk",
 ]
@@ -180,11 +182,26 @@ def position_risk(state: EngineState, pos: Position, mark_px: int | None = None)
     )
 
 
+def pending_funding_q(state: EngineState, pos: Position) -> int:
+    """Funding ``pos`` owes but has not settled yet (index settlement; 0 otherwise), settle quanta.
+
+    Included in equity (as a debit, or a credit when negative) so that a risk query sees the
+    same equity before and after the lazy settlement; see
+    :func:`perpmargin.price_state.pending_funding_owed_q` for the formula and its rounding.
+    """
+    ms = state.prices.markets.get(pos.symbol)
+    if ms is None or ms.cum_index == pos.funding_index:
+        return 0
+    market = state.markets[pos.symbol]
+    settle_dec = state.assets[market.settle_asset].decimals
+    return pending_funding_owed_q(market, settle_dec, pos.size_sz, ms.cum_index, pos.funding_index)
+
+
 def _isolated_bucket(state: EngineState, account: Account, pos: Position) -> BucketRisk:
     market = state.markets[pos.symbol]
     holder = isolated_holder(account.account_id, pos.symbol, pos.leg)
     pr = position_risk(state, pos)
-    equity = Fraction(state.ledger.balance(holder, market.settle_asset)) + pr.value_q
+    equity = Fraction(state.ledger.balance(holder, market.settle_asset)) + pr.value_q - pending_funding_q(state, pos)
     return BucketRisk(
         holder=holder,
         asset=market.settle_asset,
@@ -211,7 +228,10 @@ def cross_bucket(state: EngineState, account: Account, *, overrides: dict[str, i
     ``overrides`` replaces balances (asset → quanta) for what-if checks such as withdrawals.
     """
     holder = account.account_id
-    net: dict[str, Fraction] = {a: Fraction(v) for a, v in state.ledger.holder_balances(holder).items()}
+    # One dict look-up per configured asset (every ledger asset is one), not a scan of the whole
+    # ledger: a bucket's cost must not grow with the number of accounts (re-mark at 100k positions).
+    balances = state.ledger.balances
+    net: dict[str, Fraction] = {a: Fraction(v) for a in state.assets if (v := balances.get((holder, a), 0))}
     if overrides:
         for a, v in overrides.items():
             net[a] = Fraction(v)
@@ -226,7 +246,7 @@ def cross_bucket(state: EngineState, account: Account, *, overrides: dict[str, i
         pr = position_risk(state, pos)
         prs.append(pr)
         settle = market.settle_asset
-        net[settle] = net.get(settle, Fraction(0)) + pr.value_q
+        net[settle] = net.get(settle, Fraction(0)) + pr.value_q - pending_funding_q(state, pos)
         price = asset_price_fraction(state, settle)
         if price is None:
             raise InvalidInputError("no index price for the settle asset; set one first", asset=settle)

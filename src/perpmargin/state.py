@@ -13,10 +13,15 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from perpmargin.config import Asset, Market, VenueRules
 from perpmargin.ledger import Ledger
+from perpmargin.price_config import PriceRules
+from perpmargin.price_state import PriceBook
+
+if TYPE_CHECKING:
+    from perpmargin.liquidation import LiquidationState
 
 __all__ = [
     "Account",
@@ -76,6 +81,9 @@ class Position:
         Cross or isolated; fixed while the position is open.
     leverage:
         The user's leverage for this position (≤ the bracket's max).
+    funding_index:
+        The market's cumulative funding index when the position last settled funding (index
+        settlement only, see :mod:`perpmargin.price_state`; stays 0 under timestamp settlement).
     """
 
     symbol: str
@@ -84,6 +92,7 @@ class Position:
     cost_q: Fraction
     margin_mode: MarginMode
     leverage: Fraction
+    funding_index: int = 0
 
 
 @dataclass(slots=True)
@@ -119,6 +128,12 @@ class EngineState:
     long_oi_sz: dict[str, int] = field(default_factory=dict)
     last_ts_ms: int = 0
     seq: int = 0
+    prices: PriceBook = field(default_factory=PriceBook)
+    """Oracle feeds, smoothers, market status and funding accumulators (:mod:`perpmargin.price_state`)."""
+    price_rules: PriceRules = field(default_factory=PriceRules)
+    """Frozen price rules (configuration, like ``markets``; not part of the hash)."""
+    liquidation: LiquidationState | None = None
+    """Liquidation config, book depth, margin calls, auctions, loss indices (:mod:`perpmargin.liquidation`)."""
 
     def clone(self) -> EngineState:
         """A deep copy (config objects are frozen and shared)."""
@@ -133,6 +148,9 @@ class EngineState:
             long_oi_sz=dict(self.long_oi_sz),
             last_ts_ms=self.last_ts_ms,
             seq=self.seq,
+            prices=self.prices.copy(),
+            price_rules=self.price_rules,
+            liquidation=None if self.liquidation is None else self.liquidation.copy(),
         )
 
     def to_canonical(self) -> dict[str, Any]:
@@ -154,6 +172,7 @@ class EngineState:
                             "cost": _frac(p.cost_q),
                             "mm": p.margin_mode.value,
                             "lev": _frac(p.leverage),
+                            **({"fidx": str(p.funding_index)} if p.funding_index else {}),
                         }
                         for p in acc.sorted_positions()
                     ],
@@ -170,6 +189,12 @@ class EngineState:
             "deposited": dict(sorted(self.ledger.deposited.items())),
             "withdrawn": dict(sorted(self.ledger.withdrawn.items())),
             "accounts": accounts,
+            **({} if self.prices.is_empty() else {"prices": self.prices.to_canonical()}),
+            **(
+                {}
+                if self.liquidation is None or self.liquidation.is_empty()
+                else {"liquidation": self.liquidation.to_canonical()}
+            ),
         }
 
 
@@ -195,7 +220,7 @@ def state_hash(state: EngineState) -> str:
 
 def state_from_canonical(data: dict[str, Any], base: EngineState) -> EngineState:
     """Rebuild a state from :meth:`EngineState.to_canonical` over ``base``'s configuration."""
-    st = EngineState(rules=base.rules, assets=base.assets, markets=base.markets)
+    st = EngineState(rules=base.rules, assets=base.assets, markets=base.markets, price_rules=base.price_rules)
     st.seq = int(data["seq"])
     st.last_ts_ms = int(data["last_ts_ms"])
     st.asset_prices = {k: int(v) for k, v in data["asset_prices"].items()}
@@ -215,5 +240,12 @@ def state_from_canonical(data: dict[str, Any], base: EngineState) -> EngineState
             acc.positions[(p["symbol"], leg)] = Position(
                 p["symbol"], leg, int(p["size"]), parse_frac(p["cost"]), MarginMode(p["mm"]), parse_frac(p["lev"])
             )
+            acc.positions[(p["symbol"], leg)].funding_index = int(p.get("fidx", 0))
         st.accounts[acc.account_id] = acc
+    if "prices" in data:
+        st.prices = PriceBook.from_canonical(data["prices"])
+    if "liquidation" in data:
+        from perpmargin.liquidation import LiquidationState
+
+        st.liquidation = LiquidationState.from_canonical(data["liquidation"])
     return st
