@@ -158,6 +158,80 @@ def run(quick: bool) -> list[Row]:
             "plain float loop",
         )
     )
+    # Distinct inputs on every call (more than the calculator's parse caches hold), so the
+    # exact path pays full parsing; the float baseline walks the same values.
+    sizes = [f"{1 + i % 997}.{i % 1000:03d}" for i in range(20_011)]
+    prices = [f"{40_000 + (i * 7) % 30_000}.{i % 10}" for i in range(20_011)]
+    fsizes, fprices = [float(x) for x in sizes], [float(x) for x in prices]
+    k = len(sizes)
+    state = {"i": 0}
+
+    def next_i() -> int:
+        i = state["i"] = (state["i"] + 1) % k
+        return i
+
+    g = "maintenance_margin, distinct inputs"
+    rows.append(
+        row(
+            g,
+            "plain float loop",
+            per_call_ns(lambda: (i := next_i(), float_maintenance_margin(size=fsizes[i], price=fprices[i])), number=n),
+            "ns",
+        )
+    )
+    rows.append(
+        row(
+            g,
+            "calc, str inputs",
+            per_call_ns(
+                lambda: (
+                    i := next_i(),
+                    calc.maintenance_margin(venue="binance-usdm", symbol="BTCUSDT", size=sizes[i], price=prices[i]),
+                ),
+                number=n,
+            ),
+            "ns",
+            "plain float loop",
+        )
+    )
+    g = "liquidation_price, distinct inputs"
+    rows.append(
+        row(
+            g,
+            "plain float loop",
+            per_call_ns(
+                lambda: (
+                    i := next_i(),
+                    float_liquidation_price(side=-1, size=fsizes[i], entry=fprices[i], wallet_balance=2_500.0),
+                ),
+                number=n,
+            ),
+            "ns",
+        )
+    )
+    rows.append(
+        row(
+            g,
+            "calc, str inputs",
+            per_call_ns(
+                lambda: (
+                    i := next_i(),
+                    calc.liquidation_price(
+                        venue="binance-usdm",
+                        symbol="BTCUSDT",
+                        side="short",
+                        size=sizes[i],
+                        entry=prices[i],
+                        wallet_balance="2500",
+                        margin_mode="isolated",
+                    ),
+                ),
+                number=n,
+            ),
+            "ns",
+            "plain float loop",
+        )
+    )
     return rows
 
 

@@ -73,15 +73,19 @@ Speed
 -----
 Markets are looked up once per ``(venue, symbol)`` and kept with their brackets as plain int
 arrays (bracket overrides are cached per table); numeric strings and Decimals are parsed once
-and cached. The common single-position cases of :func:`maintenance_margin` and
-:func:`liquidation_price` (Binance or Hyperliquid rule, linear, one-way) run on plain ints with
-a ``bisect`` bracket lookup and no ``Fraction``; the other cases use exact ``Fraction`` arithmetic.
+and cached, and a new plain decimal string (``"61234.5"``) is read straight into ``(int, 10**k)``
+(anything else goes through :func:`~perpmargin.numbers.parse_decimal`). The common
+single-position cases of :func:`maintenance_margin` and :func:`liquidation_price` (Binance or
+Hyperliquid rule, linear, one-way) run on plain ints (bracket constants divided by their common
+factor with the rate scale) with a ``bisect`` bracket lookup and no ``Fraction``, and build the
+result ``Decimal`` once; the other cases use exact ``Fraction`` arithmetic.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import decimal
+import math
 import os
 from bisect import bisect_right
 from collections.abc import Callable, Mapping, Sequence
@@ -194,6 +198,35 @@ _STR_CACHE: dict[str, _Rat] = {}
 _DEC_CACHE: dict[Decimal, _Rat] = {}  # looked up only for exact Decimals: a float never reaches it
 _DCTX: Final = decimal.Context(prec=120, traps=[decimal.InvalidOperation, decimal.Inexact, decimal.Overflow])
 _INT_LIMIT: Final = 10**30
+_MUL: Final = _DCTX.multiply  # exact (Inexact trapped) Decimal product, ints accepted as operands
+_P10: Final = tuple(10**k for k in range(31))
+
+
+def _str_rat(value: str, field: str) -> _Rat:
+    """Exact ``(num, den)`` of a numeric string, cached.
+
+    A short plain ASCII decimal (``"61234.5"``, ``"2500"``, ``".5"``: digits and at most one point, at
+    most 30 characters, so below ``parse_decimal``'s 1e30 limit and within its precision) is read
+    directly as ``(int(digits), 10**k)`` (not reduced); anything else (sign, exponent, spaces,
+    underscores, NaN, non-ASCII digits, longer strings…) goes through ``parse_decimal`` and its
+    typed errors.
+    """
+    r: _Rat
+    if len(value) <= 30:
+        ip, _, fp = value.partition(".")
+        digits = ip + fp
+        r = (int(digits), _P10[len(fp)]) if digits.isdigit() and digits.isascii() else _slow_rat(value, field)
+    else:
+        r = _slow_rat(value, field)
+    if len(_STR_CACHE) >= _CACHE_MAX:
+        _STR_CACHE.clear()
+    _STR_CACHE[value] = r
+    return r
+
+
+def _slow_rat(value: str, field: str) -> _Rat:
+    n, d = parse_decimal(value, field=field).as_integer_ratio()
+    return n, d
 
 
 def _num(value: object, field: str) -> _Rat:
@@ -212,10 +245,7 @@ def _num(value: object, field: str) -> _Rat:
     elif isinstance(value, str):
         r = _STR_CACHE.get(value)
         if r is None:
-            r = parse_decimal(value, field=field).as_integer_ratio()
-            if len(_STR_CACHE) >= _CACHE_MAX:
-                _STR_CACHE.clear()
-            _STR_CACHE[value] = r
+            r = _str_rat(value, field)
         return r
     elif type(value) is int and -_INT_LIMIT < value < _INT_LIMIT:  # exactly int: bool is refused below
         return value, 1
@@ -226,7 +256,9 @@ def _num(value: object, field: str) -> _Rat:
 def _pos(value: object, field: str) -> _Rat:
     """A positive public number as ``(num, den)``; cached strings and Decimals are looked up inline (hot path)."""
     r: _Rat | None = None
-    if isinstance(value, str):
+    if type(value) is str:
+        r = _STR_CACHE.get(value) or _str_rat(value, field)
+    elif isinstance(value, str):
         r = _STR_CACHE.get(value)
     elif isinstance(value, Decimal) and value.is_finite():
         r = _DEC_CACHE.get(value)
@@ -310,10 +342,25 @@ class _Mkt:
     rule: LiqPriceRule
     dydx: bool
     closed_linear: bool  # Binance or Hyperliquid rule on a linear, tiered market: the integer solver applies
+    mm_g: tuple[int, ...] = ()  # mmr_s / g, with g = gcd(RATE_SCALE, every mmr_s and cum): smaller ints for MM
+    cum_g: tuple[int, ...] = ()  # cum / g
+    rs_g: int = RATE_SCALE  # RATE_SCALE / g (MM = (N × mm_g − cum_g) / rs_g, settle quanta)
+    rscale_g: int = 0  # rscale / g
+
+
+def _reduced(m: _Mkt) -> _Mkt:
+    """``m`` with ``mm_g``, ``cum_g`` and ``rs_g`` set from its ``mmr_s`` and ``cum``."""
+    g = math.gcd(RATE_SCALE, *m.mmr_s, *m.cum)
+    return dataclasses.replace(
+        m, mm_g=tuple(x // g for x in m.mmr_s), cum_g=tuple(x // g for x in m.cum), rs_g=RATE_SCALE // g,
+        rscale_g=m.rscale // g,
+    )
 
 
 _MKT_CACHE: dict[tuple[object, ...], _Mkt] = {}
 _BY_NAME: dict[str, dict[str, _Mkt]] = {}
+_WALK: Final = range(10_000)  # bound of the bracket re-selection walk of _fast_liq (one step per bracket)
+_NO_MKTS: Final[dict[str, _Mkt]] = {}  # never written: the default of an inline ``_BY_NAME`` lookup
 
 
 def _load(venue: object) -> Venue:
@@ -325,14 +372,14 @@ def _load(venue: object) -> Venue:
 
 
 def _with_table(base: _Mkt, table: BracketTable) -> _Mkt:
-    return dataclasses.replace(
+    return _reduced(dataclasses.replace(
         base,
         table=table,
         caps=[b.cap_q for b in table.brackets if b.cap_q is not None],
         mmr=tuple(b.mmr_r for b in table.brackets),
         mmr_s=tuple(b.mmr_r * base.sscale for b in table.brackets),
         cum=tuple(b.cum_qr for b in table.brackets),
-    )
+    ))
 
 
 def _mkt(venue: object, symbol: object, brackets: Sequence[BracketInput] | None = None) -> _Mkt:
@@ -388,7 +435,7 @@ def _build_mkt(v: Venue, symbol: object) -> _Mkt:
         )
     settle = v.assets[market.settle_asset]
     t = market.brackets
-    return _Mkt(
+    return _reduced(_Mkt(
         venue=v,
         market=market,
         settle=settle,
@@ -416,7 +463,7 @@ def _build_mkt(v: Venue, symbol: object) -> _Mkt:
             and market.kind is ContractKind.LINEAR
             and v.rules.margin_rule is not MarginRule.DYDX
         ),
-    )
+    ))
 
 
 def _brackets_key(rows: Sequence[BracketInput]) -> tuple[object, ...]:
@@ -863,27 +910,46 @@ def maintenance_margin(
     dYdX: ``MM = ceil_q(ceil_q(N × IMF) × MF)`` in quote quanta (``imf``/``maintenance_fraction``
     override the tier). Rounding: up to the settle quantum.
     """
-    m = _mkt(venue, symbol, brackets)
+    m: _Mkt | None = None
+    if brackets is None and type(venue) is str and type(symbol) is str:
+        m = _BY_NAME.get(venue, _NO_MKTS).get(symbol)
+    if m is None:
+        m = _mkt(venue, symbol, brackets)
     if (
         notional is None and size is not None and price is not None and mmr is None and maintenance_amount is None
         and not m.dydx
     ):
-        # Hot path: plain ints, no Fraction; a cached string or Decimal skips the parse.
-        sn, sd = _pos(size, "size")
-        pn, pd = _pos(price, "price")
+        # Hot path: plain ints, no Fraction; a cached string or Decimal skips the parse, a new plain
+        # decimal string is read by _str_rat without Decimal.
+        if type(size) is str:
+            sn, sd = _STR_CACHE.get(size) or _str_rat(size, "size")
+        elif type(size) is Decimal and size.is_finite():
+            sn, sd = _DEC_CACHE.get(size) or _num(size, "size")
+        else:
+            sn, sd = _num(size, "size")
+        if sn <= 0:
+            raise InvalidNumberError("size must be positive", field="size", value=str(size))
+        if type(price) is str:
+            pn, pd = _STR_CACHE.get(price) or _str_rat(price, "price")
+        elif type(price) is Decimal and price.is_finite():
+            pn, pd = _DEC_CACHE.get(price) or _num(price, "price")
+        else:
+            pn, pd = _num(price, "price")
+        if pn <= 0:
+            raise InvalidNumberError("price must be positive", field="price", value=str(price))
         if m.inverse:
             nn, nd = sn * m.cm_n * pd, sd * m.cm_d * pn
         else:
             nn, nd = sn * m.cm_n * pn, sd * m.cm_d * pd
         i = bisect_right(m.caps, nn * m.sscale // nd)
-        num = nn * m.mmr_s[i] - m.cum[i] * nd
+        num = nn * m.mm_g[i] - m.cum_g[i] * nd  # (N × MMR − cum) × sscale / g
         if num <= 0:
             num = 0
-        den = nd * RATE_SCALE
+        den = nd * m.rs_g
         if exact:
             return Fraction(num, den * m.sscale)
         if rounding is None and quantum is None and places is None:
-            return _DCTX.multiply(Decimal(-(-num // den)), m.squant)
+            return _MUL(-(-num // den), m.squant)
         return _fin_settle(m, num, den * m.sscale, Rounding.CEIL, rounding, quantum, places, exact)
     nn, nd = _size_price_or_notional(m, size, price, notional)
     ovr = _ovr(mmr, maintenance_amount)
@@ -1166,44 +1232,6 @@ def _prepare(
     return lev, tmm, upnl
 
 
-def _fast_binance_linear(
-    m: _Mkt, s: int, size: _Rat, entry: _Rat, wn: int, wd: int
-) -> tuple[int, int] | None:
-    """Single one-way linear leg, Binance formula, plain ints (the common path).
-
-    ``LP = (W + cum − s·q·E) / (q·MMR − s·q)`` with ``q = size × cm``, numerator and
-    denominator multiplied by ``RATE_SCALE × settle scale × wd·qd·ed`` so that MMR, cum and the
-    inputs are all ints. The bracket is re-selected at the root until it is stable (MM is
-    continuous and ``equity − MM`` monotone for one leg, so the walk is one-directional).
-    Returns ``(num, den)`` with ``den > 0``, or ``None`` when there is no positive root.
-    """
-    qn, qd = size[0] * m.cm_n, size[1] * m.cm_d
-    en, ed = entry
-    r = m.rscale
-    sscale = m.sscale
-    common = wd * qd * ed
-    a = (wn * qd * ed - s * qn * en * wd) * r
-    c = qn * wd * ed
-    sr = s * r
-    caps = m.caps
-    mmr_s = m.mmr_s
-    cums = m.cum
-    qs = qn * sscale
-    i = bisect_right(caps, qs * en // (qd * ed))
-    for _ in range(len(mmr_s) + 1):
-        num = a + cums[i] * common
-        den = c * (mmr_s[i] - sr)
-        if den < 0:
-            num, den = -num, -den
-        if num <= 0 or den == 0:
-            return None
-        j = bisect_right(caps, qs * num // (qd * den))  # bracket of q × LP, settle quanta
-        if j == i:
-            return num, den
-        i = j
-    return num, den  # pragma: no cover - bounded by the number of brackets
-
-
 def _fast_liq(
     m: _Mkt,
     side: object,
@@ -1219,15 +1247,27 @@ def _fast_liq(
     places: object,
     exact: bool,
 ) -> Decimal | Fraction | None:
-    s = _side(side)
-    sz = _pos(size, "size")
-    en = _pos(entry, "entry")
-    nn, nd = (sz[0] * m.cm_n * en[0], sz[1] * m.cm_d * en[1])
+    """Single one-way linear leg, Binance formula, plain ints (the common path).
+
+    ``LP = (W + cum − s·q·E) / (q·MMR − s·q)`` with ``q = size × cm``, numerator and
+    denominator multiplied by ``RATE_SCALE × settle scale × wd·qd·ed / g`` (``g`` as in
+    ``_Mkt.rs_g``) so that MMR, cum and the inputs are all ints. The bracket is re-selected at
+    the root until it is stable (MM is continuous and ``equity − MM`` monotone for one leg, so
+    the walk is one-directional). ``None`` when there is no positive root.
+    """
+    s = (_SIDES.get(side) if type(side) is str else None) or _side(side)
+    qn, qd = _pos(size, "size")
+    en0, ed = _pos(entry, "entry")
+    qn, qd = qn * m.cm_n, qd * m.cm_d  # q = size × cm
+    nn, nd = qn * en0, qd * ed  # entry notional
     if leverage is not None:
         lev = _leverage(leverage)
         _check_leverage(m, lev, nn, nd)
     if wallet_balance is not None:
-        wn, wd = _num(wallet_balance, "wallet_balance")
+        if type(wallet_balance) is str:
+            wn, wd = _STR_CACHE.get(wallet_balance) or _str_rat(wallet_balance, "wallet_balance")
+        else:
+            wn, wd = _num(wallet_balance, "wallet_balance")
     elif cross:
         raise InvalidInputError("cross margin needs wallet_balance= (the cross wallet balance)")
     else:
@@ -1243,16 +1283,33 @@ def _fast_liq(
         if other_mm is not None:  # − TMM₁
             mn, md = _nonneg(other_mm, "other_mm")
             wn, wd = wn * md - mn * wd, wd * md
-    res = _fast_binance_linear(m, s, sz, en, wn, wd)
-    if res is None:
-        return None
-    num, den = res
+    r = m.rscale_g
+    common = wd * nd
+    a = (wn * nd - s * nn * wd) * r
+    c = qn * wd * ed
+    sr = s * r
+    caps = m.caps
+    mmr_s = m.mm_g
+    cums = m.cum_g
+    qs = qn * m.sscale
+    i = bisect_right(caps, nn * m.sscale // nd)
+    for _ in _WALK:  # at most one step per bracket (a bracket table is far shorter than _WALK)
+        num = a + cums[i] * common
+        den = c * (mmr_s[i] - sr)
+        if den < 0:
+            num, den = -num, -den
+        if num <= 0 or den == 0:
+            return None
+        j = bisect_right(caps, qs * num // (qd * den))  # bracket of q × LP, settle quanta
+        if j == i:
+            break
+        i = j
     if exact:
         return Fraction(num, den)
     if rounding is None and quantum is None and places is None:
         # default: a long's price up, a short's down, to the tick
         k = -(-num * m.pscale // (den * m.tick_px)) if s > 0 else num * m.pscale // (den * m.tick_px)
-        return _DCTX.multiply(Decimal(k), m.tick)
+        return _MUL(k, m.tick)
     return _fin_price(m, num, den, s > 0, rounding, quantum, places, exact)
 
 
@@ -1466,8 +1523,12 @@ def liquidation_price(
     **down** (reached no later than the exact price). ``exact=True`` gives a ``Fraction``.
     Returns ``None`` when no positive price liquidates the position.
     """
-    m = _mkt(venue, symbol, brackets)
-    cross = _cross(margin_mode)
+    m: _Mkt | None = None
+    if brackets is None and type(venue) is str and type(symbol) is str:
+        m = _BY_NAME.get(venue, _NO_MKTS).get(symbol)
+    if m is None:
+        m = _mkt(venue, symbol, brackets)
+    cross = False if margin_mode == "isolated" else _cross(margin_mode)
     if (
         m.closed_linear
         and hedge_long is None

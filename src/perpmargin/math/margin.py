@@ -27,6 +27,8 @@ from fractions import Fraction
 from perpmargin.errors import ConfigError
 from perpmargin.numbers import RATE_SCALE, Rounding, div_round
 
+_CEIL = Rounding.CEIL  # (a module global: cheaper than the enum attribute on the hot path)
+
 __all__ = [
     "Bracket",
     "BracketTable",
@@ -168,11 +170,15 @@ def maintenance_margin_q(table: BracketTable, num: int, den: int = 1, *, roundin
     Formula: ``MM = N × MMR_n − cum_n`` with ``n`` the bracket of ``N``; one rounding at the
     end, up by default (a requirement). Never negative.
     """
-    b = table.brackets[bisect_right(table.caps_q, num // den)]
-    top = num * b.mmr_r - b.cum_qr * den
-    if rounding is Rounding.CEIL:  # the common case, inlined: ceil(a / b) == -((-a) // b)
-        return max(0, -(-top // (den * RATE_SCALE)))
-    return max(0, div_round(top, den * RATE_SCALE, rounding))
+    if den == 1:  # an integer notional: no division for the bracket search
+        b = table.brackets[bisect_right(table.caps_q, num)]
+        top = num * b.mmr_r - b.cum_qr
+    else:
+        b = table.brackets[bisect_right(table.caps_q, num // den)]
+        top = num * b.mmr_r - b.cum_qr * den
+    # CEIL, the common case, is inlined: ceil(a / b) == -((-a) // b)
+    q = -(-top // (den * RATE_SCALE)) if rounding is _CEIL else div_round(top, den * RATE_SCALE, rounding)
+    return q if q > 0 else 0  # never negative
 
 
 def initial_margin_q(num: int, den: int, leverage: Fraction, *, rounding: Rounding = Rounding.CEIL) -> int:
