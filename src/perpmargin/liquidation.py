@@ -1321,6 +1321,11 @@ class LiquidationDesk:
         target = self._enforce_target(cfg, bucket, ctx.ts)
         if self.liq.get("active", bucket) is not None or self._liquidatable(risk) or target is not None:
             self._liquidate(ctx, cfg, bucket, target)
+            after = self._risk(bucket)
+            if after is None or not after.positions:
+                self._clear_calls(ctx, bucket)
+            elif all(self._valid(pr.symbol, "margin", ctx.ts) for pr in after.positions):
+                self._update_calls(ctx, cfg, bucket, after)
         self._update_unresolved(bucket, self._risk(bucket))
 
     def _attributed_symbol(self, bucket: str) -> str | None:
@@ -1375,8 +1380,8 @@ class LiquidationDesk:
         if level > old_level:
             deadline = ctx.ts + cfg.margin_call_grace_ms
             self.liq.put("calls", bucket, (level, ctx.ts))
-            self._deadlines.append((deadline, bucket))
-            heapq.heapify(self._deadlines)
+            if cfg.margin_call_enforce and self._deadlines_ready:
+                heapq.heappush(self._deadlines, (deadline, bucket))
             ctx.events.append(("MarginCall", {**data, "deadline_ms": deadline}))
         else:
             self.liq.put("calls", bucket, (level, int(old[1])) if level else None)
@@ -2480,6 +2485,8 @@ class LiquidationDesk:
                         if social:
                             need -= social
                             break
+            if not pay and not social and self.liq.get("unresolved", bucket) is not None:
+                continue  # a retry that changed nothing: no event
             ctx.events.append(
                 (
                     "BadDebt",
@@ -2702,8 +2709,8 @@ class LiquidationDesk:
         A fund is any ``@insurance`` / ``@insurance#SYMBOL`` account or ledger holder (the engine's
         fill path may debit ``@insurance`` for an isolated bankruptcy outside the waterfall)."""
         st = self.state
-        holders = {h for (h, _a) in st.ledger.balances if h == INSURANCE or h.startswith(INSURANCE + "#")}
-        funds = sorted(holders | {a for a in st.accounts if a == INSURANCE or a.startswith(INSURANCE + "#")})
+        ids = [INSURANCE, *(f"{INSURANCE}#{s}" for s in sorted(st.markets))]
+        funds = [f for f in ids if f in st.accounts or any(st.ledger.balance(f, a) for a in st.assets)]
         for fund in funds:
             acc = st.accounts.get(fund) or Account(fund)
             for pos in list(acc.sorted_positions()):
@@ -2925,6 +2932,13 @@ class LiquidationDesk:
     def index_size(self) -> int:
         """Buckets currently in the monitoring index."""
         return len(self._index.keys)
+
+    def invalidate_index(self) -> None:
+        """Drop the monitoring index (a cache); the next command rebuilds it from the state.
+
+        Needed only after changing the state outside :meth:`Engine.apply` (e.g. a bulk load);
+        the rebuild computes keys and takes no action (a sweep does: ``SweepLiquidations``)."""
+        self._index.clear()
 
 
 # =============================================================================================
