@@ -1,11 +1,13 @@
 """The Quickstart's main job: a short, journaled crash scenario through the real engine.
 
 Six accounts on a venue preset (cross and isolated, one-way and hedge, single- and
-multi-asset collateral) open positions, then BTC and ETH fall in steps. Every command goes
-through the journal on the embedded SQLite default before it counts; at the end the journal
-is replayed from scratch and its state hash compared with the live engine's. The terminal
-shows each step's margin calls and liquidatable accounts, then a table of every account's
-equity, requirements, margin ratio and liquidation prices.
+multi-asset collateral) open positions, the liquidation desk is configured from the preset
+and the insurance fund is seeded, then BTC and ETH fall in steps with a thin order book
+under them. Every command goes through the journal on the embedded SQLite default before it
+counts; at the end the journal is replayed from scratch and its state hash compared with the
+live engine's. The terminal shows each step's margin calls, liquidations and insurance-fund
+balance, then a table of every account's equity, requirements, margin ratio and liquidation
+prices.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from perpmargin.commands import (
     CreateAccount,
     Deposit,
     Fill,
+    FundInsurance,
+    SetBookDepth,
     SetIndexPrice,
     SetLeverage,
     SetMarginMode,
@@ -29,6 +33,8 @@ from perpmargin.commands import (
 )
 from perpmargin.engine import Engine
 from perpmargin.journal import Journal
+from perpmargin.ledger import INSURANCE
+from perpmargin.liquidation import configure_command
 from perpmargin.numbers import from_quanta
 from perpmargin.presets import load_venue
 from perpmargin.risk import AccountRisk
@@ -46,14 +52,23 @@ class DemoResult:
     state_hash: str
     replayed_hash: str
     commands: int
-    liquidatable: tuple[str, ...]
-    margin_calls: tuple[str, ...]
+    liquidated: tuple[str, ...]
+    still_liquidatable: tuple[str, ...]
 
 
-def demo_commands() -> tuple[list[Command], list[list[Command]]]:
+def _depth(mid: int, step: int, size: str) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
+    """Ten levels each side around ``mid``, ``step`` apart, ``size`` each (the book liquidations hit)."""
+    bids = tuple((str(mid - step * (i + 1)), size) for i in range(10))
+    asks = tuple((str(mid + step * (i + 1)), size) for i in range(10))
+    return bids, asks
+
+
+def demo_commands(preset: str = "binance-usdm") -> tuple[list[Command], list[list[Command]]]:
     """The set-up commands and the price steps of the scenario (deterministic, times in ms)."""
     t0 = 1_700_000_000_000
     setup: list[Command] = [
+        configure_command(load_venue(preset), ts_ms=t0),
+        FundInsurance(ts_ms=t0, asset="USDT", amount="5000"),
         SetIndexPrice(ts_ms=t0, asset="BTC", price="50000"),
         SetIndexPrice(ts_ms=t0, asset="ETH", price="3000"),
         SetMarkPrice(ts_ms=t0, symbol="BTCUSDT", price="50000"),
@@ -99,8 +114,12 @@ def demo_commands() -> tuple[list[Command], list[list[Command]]]:
     steps: list[list[Command]] = []
     for i, (btc, eth) in enumerate(path, start=1):
         ts = t0 + i * 60_000
+        btc_bids, btc_asks = _depth(int(btc), 10, "0.5")
+        eth_bids, eth_asks = _depth(int(eth), 1, "5")
         steps.append(
             [
+                SetBookDepth(ts_ms=ts, symbol="BTCUSDT", bids=btc_bids, asks=btc_asks),
+                SetBookDepth(ts_ms=ts, symbol="ETHUSDT", bids=eth_bids, asks=eth_asks),
                 SetIndexPrice(ts_ms=ts, asset="BTC", price=btc),
                 SetIndexPrice(ts_ms=ts, asset="ETH", price=eth),
                 SetMarkPrice(ts_ms=ts, symbol="BTCUSDT", price=btc),
@@ -127,7 +146,7 @@ def run_demo(*, db: Path, preset: str, console: Console) -> DemoResult:
     db.parent.mkdir(parents=True, exist_ok=True)
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
-    setup, steps = demo_commands()
+    setup, steps = demo_commands(preset)
     journal = Journal.open(db, venue)
     try:
         engine = journal.engine
@@ -136,31 +155,39 @@ def run_demo(*, db: Path, preset: str, console: Console) -> DemoResult:
         accounts = sorted(a for a in engine.state.accounts if not a.startswith("@"))
         console.print(f"[bold]perpmargin demo[/bold] — preset [cyan]{preset}[/cyan], journal [cyan]{db}[/cyan]")
         steps_table = Table(title="Price path (mark = index)")
-        for col in ("step", "BTC", "ETH", "margin calls", "liquidatable"):
+        for col in ("step", "BTC", "ETH", "margin calls", "liquidated", "insurance fund"):
             steps_table.add_column(col)
         calls: list[str] = []
         liq: list[str] = []
+        liquidated: set[str] = set()
         for i, step in enumerate(steps, start=1):
+            events = []
             for cmd in step:
-                journal.submit(cmd)
+                events += journal.submit(cmd)
             statuses = {a: _status(engine.risk(a)) for a in accounts}
             calls = [a for a, s in statuses.items() if s == "MARGIN CALL"]
-            liq = [a for a, s in statuses.items() if s == "LIQUIDATABLE"]
+            liq = sorted({str(e.data.get("account_id")) for e in events if e.kind == "LiquidationFill"})
+            settle = venue.assets["USDT"].decimals
+            fund = from_quanta(engine.state.ledger.balance(INSURANCE, "USDT"), settle)
+            liquidated.update(liq)
             btc = from_quanta(engine.state.mark_prices["BTCUSDT"], venue.markets["BTCUSDT"].price_decimals)
             eth = from_quanta(engine.state.mark_prices["ETHUSDT"], venue.markets["ETHUSDT"].price_decimals)
-            steps_table.add_row(str(i), str(btc), str(eth), ", ".join(calls) or "-", ", ".join(liq) or "-")
+            steps_table.add_row(
+                str(i), str(btc), str(eth), ", ".join(calls) or "-", ", ".join(liq) or "-", f"{fund:,.2f}"
+            )
         journal.snapshot()
         console.print(steps_table)
         console.print(_risk_table(engine, accounts))
         live = engine.state_hash()
         commands = engine.state.seq
+        stuck = tuple(a for a in accounts if _status(engine.risk(a)) == "LIQUIDATABLE")
     finally:
         journal.close()
     replayed = Journal.replay(db, venue)
     replayed_hash = replayed.state_hash()
     ok = "[green]identical[/green]" if replayed_hash == live else "[red]DIFFERENT[/red]"
     console.print(f"{commands} commands journaled; replay from the journal: state hash {replayed_hash[:16]}… {ok}")
-    return DemoResult(live, replayed_hash, commands, tuple(liq), tuple(calls))
+    return DemoResult(live, replayed_hash, commands, tuple(sorted(liquidated)), stuck)
 
 
 def _risk_table(engine: Engine, accounts: list[str]) -> Table:
