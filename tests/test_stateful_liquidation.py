@@ -23,7 +23,7 @@ passing, re-configuration and the safety sweep. Checked after **every** step:
 * the vault holds at least every withdrawable claim (C18, :func:`perpmargin.liquidation.check_vault_invariant`);
 * a refused command changes nothing; at teardown a replay of the accepted commands gives the same hash.
 
-CI: 20 examples × 40 steps (the C18 check is a ``withdrawable()`` bisection per account and asset
+CI: 15 examples × 35 steps (the C18 check is a ``withdrawable()`` bisection per account and asset
 after every step). ``PERPMARGIN_SOAK=1`` runs 400 × 120.
 """
 
@@ -78,7 +78,7 @@ from strategies import (
 )
 
 SOAK = os.environ.get("PERPMARGIN_SOAK", "") not in ("", "0")
-MACHINE_SETTINGS = settings(max_examples=400 if SOAK else 20, stateful_step_count=120 if SOAK else 40)
+MACHINE_SETTINGS = settings(max_examples=400 if SOAK else 15, stateful_step_count=120 if SOAK else 35)
 
 INVERSE = inverse_market()
 SYMBOLS = (*LINEAR_SYMBOLS, INVERSE.symbol)

@@ -58,14 +58,15 @@ Procedure for a liquidatable bucket (``MM > 0`` and ``equity ≤ MM``)
       at prices no worse than both the dYdX fillable price and the bankruptcy price;
    b. *auction* (``auction = true``, equity > 0, liquidators registered): a Dutch auction from the
       mark toward the bankruptcy price (:func:`~perpmargin.math.auction.auction_price`), one step
-      per ``auction_step_ms`` of command time; each registered liquidator takes at the current
-      price once it is at least its ``min_discount`` from the mark, up to its capacity and its own
-      initial margin (the deterministic "take at the auction price" model); ``AuctionBid`` takes
-      explicitly. Unfilled at the last step, or the account reaching bankruptcy, ends it;
+      per ``auction_step_ms`` of command time; each registered (non-backstop) liquidator takes at
+      the current price once it is at least its ``min_discount`` from the mark, up to its capacity
+      and its own initial margin (the deterministic "take at the auction price" model, liquidators
+      in id order); ``AuctionBid`` takes explicitly. Unfilled at the last step, or the account
+      reaching bankruptcy, ends it;
    c. *backstop*: registered backstop liquidators take over at ``mark ∓ backstop_discount``
-      (never past the bankruptcy price), then (``insurance_backstop``) the insurance fund, up to
-      what it can lose at mark above its floor; a fund holding positions unwinds
-      ``insurance_unwind`` of them into the book at each mark update;
+      (never past the bankruptcy price), then (``insurance_backstop``) the insurance fund, as much
+      as keeps its equity ≥ floor + the maintenance requirement of what it holds; a fund holding
+      positions unwinds ``insurance_unwind`` of them into the book at each mark update;
    d. *insurance aggress* (bankrupt): book levels past the bankruptcy price but within
       ``insurance_book_slippage`` of the mark, the fund paying the difference to the bankruptcy
       price (dYdX's negative insurance-fund delta);
@@ -155,7 +156,7 @@ from perpmargin.math.liquidation_sizing import (
     split_liquidation_fee,
 )
 from perpmargin.numbers import RATE_DECIMALS, RATE_SCALE, Rounding, div_round, parse_decimal, pow10, to_quanta
-from perpmargin.ports import BookSide, Level, TakeFn
+from perpmargin.ports import BookSide, Level, LiquidityPort, TakeFn
 from perpmargin.risk import BucketRisk, _isolated_bucket, asset_price_fraction, cross_bucket, position_im_mm
 from perpmargin.state import Account, EngineState, Leg, MarginMode, Position, PositionMode, isolated_holder
 
@@ -859,8 +860,8 @@ class LiquidationDesk:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self.book = StateBook(engine.state)
-        """The liquidity port liquidations take from."""
+        self.book: LiquidityPort = StateBook(engine.state)
+        """The liquidity port liquidations take from (the journaled depth in the state)."""
         self._index = _Index()
         self._cfg_key: tuple[tuple[str, str], ...] | None = None
         self._cfg: LiquidationConfig | None = None

@@ -36,6 +36,11 @@ Schema (all keys documented in ``docs/presets.md``)::
     [markets.BTCUSDT.funding]       # per-market overrides (also .oracle, .mark, .bands)
     impact_notional = "20000"
     [assets.USDE.oracle]            # per-asset collateral oracle (e.g. floor = "0.98")
+
+    [venue.liquidation]             # liquidation and loss waterfall, switched on by a journaled
+    fee = "0.005"                   # ConfigureLiquidation (keys and defaults:
+    partial = "restore"             # perpmargin.liquidation.PARAM_DEFAULTS; Venue.liquidation)
+    adl_ranking = "binance"
 """
 
 from __future__ import annotations
