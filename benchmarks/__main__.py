@@ -4,7 +4,7 @@ Usage::
 
     .venv/bin/python -m benchmarks                 # all modules, 3 processes each, writes docs/benchmarks.md
     .venv/bin/python -m benchmarks --processes 5   # more processes
-    .venv/bin/python -m benchmarks --only calc     # modules whose name contains "calc"
+    .venv/bin/python -m benchmarks --only calc     # modules whose name contains "calc" (comma-separated list allowed)
     .venv/bin/python -m benchmarks --quick         # short runs (smoke), does not write the doc
 
 Ratios are taken between rows of the same process and then summarised (median of the
@@ -27,7 +27,8 @@ ROOT = HERE.parent
 
 def _modules(only: str | None) -> list[str]:
     mods = sorted(p.stem for p in HERE.glob("bench_*.py"))
-    return [m for m in mods if only is None or only in m]
+    wanted = None if only is None else [w for w in only.split(",") if w]
+    return [m for m in mods if wanted is None or any(w in m for w in wanted)]
 
 
 def _run_module(mod: str, quick: bool) -> list[dict[str, object]]:
