@@ -52,7 +52,7 @@ from perpmargin.errors import (
     UnknownAssetError,
     UnknownSymbolError,
 )
-from perpmargin.ledger import EXTERNAL, FEES, INSURANCE, ROUNDING, SYSTEM_HOLDERS
+from perpmargin.ledger import EXTERNAL, FEES, INSURANCE, ROUNDING
 from perpmargin.liquidation import LiquidationDesk
 from perpmargin.math.margin import mul_rate_q
 from perpmargin.numbers import RATE_SCALE, Rounding, div_round, from_quanta, parse_decimal, to_quanta
@@ -818,6 +818,3 @@ class Engine:
         if release > 0:
             st.ledger.move(holder, acc.account_id, m.settle_asset, release, "isolated margin released")
 
-
-# Keep the public list of system holders importable from here for adapters.
-SYSTEM_ACCOUNTS = SYSTEM_HOLDERS

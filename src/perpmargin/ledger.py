@@ -155,7 +155,3 @@ class Ledger:
                     held=totals.get(asset, 0),
                     expected=expected,
                 )
-
-    def copy(self) -> Ledger:
-        """An independent copy (for validate-then-apply)."""
-        return Ledger(dict(self.balances), dict(self.deposited), dict(self.withdrawn))

@@ -7,7 +7,6 @@ insertion order, hash seeds or the machine, so two replays can be compared.
 
 from __future__ import annotations
 
-import copy
 import enum
 import hashlib
 import json
@@ -134,24 +133,6 @@ class EngineState:
     """Frozen price rules (configuration, like ``markets``; not part of the hash)."""
     liquidation: LiquidationState | None = None
     """Liquidation config, book depth, margin calls, auctions, loss indices (:mod:`perpmargin.liquidation`)."""
-
-    def clone(self) -> EngineState:
-        """A deep copy (config objects are frozen and shared)."""
-        return EngineState(
-            rules=self.rules,
-            assets=self.assets,
-            markets=self.markets,
-            asset_prices=dict(self.asset_prices),
-            mark_prices=dict(self.mark_prices),
-            accounts=copy.deepcopy(self.accounts),
-            ledger=self.ledger.copy(),
-            long_oi_sz=dict(self.long_oi_sz),
-            last_ts_ms=self.last_ts_ms,
-            seq=self.seq,
-            prices=self.prices.copy(),
-            price_rules=self.price_rules,
-            liquidation=None if self.liquidation is None else self.liquidation.copy(),
-        )
 
     def to_canonical(self) -> dict[str, Any]:
         """A JSON-ready, order-independent description of the state (for hashing and snapshots)."""
