@@ -35,6 +35,7 @@ from typing import Any
 
 __all__ = [
     "ConfigError",
+    "DataError",
     "InsufficientBalanceError",
     "InsufficientMarginError",
     "InvalidInputError",
@@ -124,6 +125,12 @@ class ConfigError(InvalidInputError):
     """Market, bracket, asset or preset parameters are inconsistent or out of range."""
 
     code = "invalid_config"
+
+
+class DataError(InvalidInputError):
+    """A market-data file, scenario, population or model input is missing, malformed or inconsistent."""
+
+    code = "invalid_data"
 
 
 class RejectedError(PerpmarginError):
