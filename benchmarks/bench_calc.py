@@ -1,16 +1,28 @@
 """Calculator cost of exactness: ``calc.maintenance_margin`` and ``calc.liquidation_price`` per call.
 
-Side by side in one process: the public exact API (``str`` inputs and ``Decimal`` inputs,
-venue preset lookup, validation, exact rationals, tick rounding), the integer core it rests
-on, and a plain-Python float function of the same formula (bracket search + ``N × MMR − cum``;
-Binance's isolated one-way liquidation price with bracket re-selection). The float baseline
-does no validation and no rounding: it is the floor of what any Python implementation costs.
+Side by side in one process, against a plain-Python float function of the same formula
+(bracket search + ``N × MMR − cum``; Binance's isolated one-way liquidation price with bracket
+re-selection), which does no validation and no rounding — the floor of what any Python
+implementation costs:
+
+* ``calc``: the module functions, keyword arguments, ``str`` or ``Decimal`` inputs (venue preset
+  lookup by name, validation, exact rationals, rounding, a ``Decimal`` result);
+* ``PreparedMarket``: the same computation on a :class:`perpmargin.calc.PreparedMarket` built
+  once outside the loop (positional arguments, tables prepared), ``str``/``Decimal`` in,
+  ``Decimal`` out, identical results;
+* ``PreparedMarket …_q/_px``: integer quanta in, integer quanta out (no parsing, no
+  ``Decimal``): the analogue of the float function, which also receives pre-parsed numbers;
+* the integer core of :mod:`perpmargin.math.margin` (MM only).
+
+Every exact row validates its inputs (types, signs) and rounds once in the system's favour.
 
 Run: ``.venv/bin/python -m benchmarks.bench_calc`` (or ``python -m benchmarks --only calc``).
 """
 
 from __future__ import annotations
 
+import decimal
+from collections.abc import Callable
 from decimal import Decimal
 
 from benchmarks._harness import Row, main, per_call_ns, row
@@ -106,6 +118,19 @@ def run(quick: bool) -> list[Row]:
             "plain float loop",
         )
     )
+    btc = calc.PreparedMarket(venue="binance-usdm", symbol="BTCUSDT")
+    rows.append(
+        row(g, "PreparedMarket, str inputs", per_call_ns(lambda: btc.maintenance_margin("2.5", "61234.5"), number=n),
+            "ns", "plain float loop")
+    )
+    rows.append(
+        row(g, "PreparedMarket, Decimal inputs", per_call_ns(lambda: btc.maintenance_margin(d_size, d_price),
+                                                             number=n), "ns", "plain float loop")
+    )
+    rows.append(
+        row(g, "PreparedMarket.maintenance_margin_q, int quanta",
+            per_call_ns(lambda: btc.maintenance_margin_q(2_500, 6_123_450), number=n), "ns", "plain float loop")
+    )
     g = "liquidation_price per call"
     rows.append(
         row(
@@ -158,11 +183,27 @@ def run(quick: bool) -> list[Row]:
             "plain float loop",
         )
     )
+    rows.append(
+        row(g, "PreparedMarket, str inputs",
+            per_call_ns(lambda: btc.liquidation_price("short", "1", "50000", "2500"), number=n), "ns",
+            "plain float loop")
+    )
+    rows.append(
+        row(g, "PreparedMarket, Decimal inputs",
+            per_call_ns(lambda: btc.liquidation_price("short", d1, d50k, d2500), number=n), "ns", "plain float loop")
+    )
+    rows.append(
+        row(g, "PreparedMarket.liquidation_price_px, int quanta",
+            per_call_ns(lambda: btc.liquidation_price_px(-1, 1_000, 5_000_000, 250_000_000_000), number=n), "ns",
+            "plain float loop")
+    )
     # Distinct inputs on every call (more than the calculator's parse caches hold), so the
     # exact path pays full parsing; the float baseline walks the same values.
     sizes = [f"{1 + i % 997}.{i % 1000:03d}" for i in range(20_011)]
     prices = [f"{40_000 + (i * 7) % 30_000}.{i % 10}" for i in range(20_011)]
     fsizes, fprices = [float(x) for x in sizes], [float(x) for x in prices]
+    qsizes = [int(x.replace(".", "")) for x in sizes]  # size quanta (0.001 BTC)
+    qprices = [int(x.replace(".", "")) * 10 for x in prices]  # price quanta (0.01 USDT)
     k = len(sizes)
     state = {"i": 0}
 
@@ -190,6 +231,24 @@ def run(quick: bool) -> list[Row]:
                 ),
                 number=n,
             ),
+            "ns",
+            "plain float loop",
+        )
+    )
+    rows.append(
+        row(
+            g,
+            "PreparedMarket, str inputs",
+            per_call_ns(lambda: (i := next_i(), btc.maintenance_margin(sizes[i], prices[i])), number=n),
+            "ns",
+            "plain float loop",
+        )
+    )
+    rows.append(
+        row(
+            g,
+            "PreparedMarket.maintenance_margin_q, int quanta",
+            per_call_ns(lambda: (i := next_i(), btc.maintenance_margin_q(qsizes[i], qprices[i])), number=n),
             "ns",
             "plain float loop",
         )
@@ -232,6 +291,55 @@ def run(quick: bool) -> list[Row]:
             "plain float loop",
         )
     )
+    rows.append(
+        row(
+            g,
+            "PreparedMarket, str inputs",
+            per_call_ns(lambda: (i := next_i(), btc.liquidation_price("short", sizes[i], prices[i], "2500")), number=n),
+            "ns",
+            "plain float loop",
+        )
+    )
+    rows.append(
+        row(
+            g,
+            "PreparedMarket.liquidation_price_px, int quanta",
+            per_call_ns(
+                lambda: (i := next_i(), btc.liquidation_price_px(-1, qsizes[i], qprices[i], 250_000_000_000)), number=n
+            ),
+            "ns",
+            "plain float loop",
+        )
+    )
+    rows.extend(_decimal_construction(n))
+    return rows
+
+
+def _decimal_construction(n: int) -> list[Row]:
+    """Ways to build the result ``Decimal`` k × 10⁻⁸ (exponent −8) from an int ``k``, exactly.
+
+    The calculator uses the first (an exact context's ``multiply`` by the quantum, ``Inexact``
+    trapped); the others give the same ``Decimal`` (same value and exponent).
+    """
+    g = "result Decimal from int quanta"
+    k = 20_000_000_000
+    quantum = Decimal("1E-8")
+    ctx = decimal.Context(prec=120, traps=[decimal.InvalidOperation, decimal.Inexact, decimal.Overflow])
+    mul = ctx.multiply
+    digits = tuple(int(c) for c in str(k))
+    ways: dict[str, Callable[[], Decimal]] = {
+        "ctx.multiply(k, quantum) (used)": lambda: mul(k, quantum),
+        "Decimal(k).scaleb(-8)": lambda: Decimal(k).scaleb(-8),
+        'Decimal(f"{k}E-8")': lambda: Decimal(f"{k}E-8"),
+        "Decimal((0, digits, -8))": lambda: Decimal((0, digits, -8)),
+    }
+    expected = mul(k, quantum)
+    rows: list[Row] = []
+    for name, fn in ways.items():
+        got = fn()
+        if got != expected or got.as_tuple().exponent != -8:
+            raise AssertionError(f"{name} built {got!r}, not {expected!r}")
+        rows.append(row(g, name, per_call_ns(fn, number=n), "ns", None if not rows else next(iter(ways))))
     return rows
 
 

@@ -78,7 +78,18 @@ and cached, and a new plain decimal string (``"61234.5"``) is read straight into
 single-position cases of :func:`maintenance_margin` and :func:`liquidation_price` (Binance or
 Hyperliquid rule, linear, one-way) run on plain ints (bracket constants divided by their common
 factor with the rate scale) with a ``bisect`` bracket lookup and no ``Fraction``, and build the
-result ``Decimal`` once; the other cases use exact ``Fraction`` arithmetic.
+result ``Decimal`` once (an exact context multiplication ``k × quantum``, the cheapest exact
+construction measured: cheaper than ``Decimal(k).scaleb(-d)`` or formatting a string); the other
+cases use exact ``Fraction`` arithmetic.
+
+For many calls on one market, :class:`PreparedMarket` does the lookup and the table building
+once and takes positional arguments: ``PreparedMarket(venue=…, symbol=…).maintenance_margin(size,
+price)`` and ``.liquidation_price(side, size, entry, wallet_balance)`` return the same ``Decimal``
+as the functions here, and ``.maintenance_margin_q(size_sz, price_px)`` /
+``.liquidation_price_px(side, size_sz, entry_px, wallet_q)`` take and return integer quanta
+(no parsing, no ``Decimal``; the liquidation price from constants folded per side and bracket,
+bracket membership at the root tested by two integer comparisons). ``benchmarks/bench_calc.py``
+and ``benchmarks/bench_peers.py`` time all three forms.
 """
 
 from __future__ import annotations
@@ -116,6 +127,7 @@ __all__ = [
     "BracketRow",
     "LegSpec",
     "PositionSpec",
+    "PreparedMarket",
     "VenueLike",
     "auto_exchange_amount",
     "bankruptcy_price",
@@ -346,15 +358,26 @@ class _Mkt:
     cum_g: tuple[int, ...] = ()  # cum / g
     rs_g: int = RATE_SCALE  # RATE_SCALE / g (MM = (N × mm_g − cum_g) / rs_g, settle quanta)
     rscale_g: int = 0  # rscale / g
+    caps_x: tuple[int, ...] = ()  # linear: caps in units of size_sz × price_px (N < cap ⇔ x < caps_x)
+    lp_tab: tuple[_LpTab, _LpTab] | None = None  # closed_linear: _lp_px_table for (short, long)
 
 
 def _reduced(m: _Mkt) -> _Mkt:
-    """``m`` with ``mm_g``, ``cum_g`` and ``rs_g`` set from its ``mmr_s`` and ``cum``."""
+    """``m`` with ``mm_g``, ``cum_g``, ``rs_g`` set from its ``mmr_s`` and ``cum``, and the quanta tables.
+
+    ``caps_x``: with ``x = size_sz × price_px`` the notional of a linear market is ``x·fn/fd``
+    settle quanta (``fn/fd = cm × settle scale / (size scale × price scale)``), and, ``x`` being
+    an integer, ``N < cap ⇔ x < ceil(cap·fd/fn)``. ``lp_tab``: :func:`_lp_px_table` per side.
+    """
     g = math.gcd(RATE_SCALE, *m.mmr_s, *m.cum)
-    return dataclasses.replace(
+    f = Fraction(m.cm_n * m.sscale, m.cm_d * m.sz_scale * m.pscale)
+    m = dataclasses.replace(
         m, mm_g=tuple(x // g for x in m.mmr_s), cum_g=tuple(x // g for x in m.cum), rs_g=RATE_SCALE // g,
-        rscale_g=m.rscale // g,
+        rscale_g=m.rscale // g, caps_x=tuple(-(-cap * f.denominator // f.numerator) for cap in m.caps),
     )
+    if m.closed_linear:
+        m = dataclasses.replace(m, lp_tab=(_lp_px_table(m, -1), _lp_px_table(m, 1)))
+    return m
 
 
 _MKT_CACHE: dict[tuple[object, ...], _Mkt] = {}
@@ -415,6 +438,9 @@ def _mkt_slow(venue: object, symbol: object, brackets: Sequence[BracketInput] | 
     mb = _MKT_CACHE.get(bkey)
     if mb is None:
         mb = _with_table(m, _parse_brackets(brackets, m.sdec))
+        if len(_MKT_CACHE) >= 512:
+            _MKT_CACHE.clear()
+            _BY_NAME.clear()
         _MKT_CACHE[bkey] = mb
     return mb
 
@@ -1247,22 +1273,14 @@ def _fast_liq(
     places: object,
     exact: bool,
 ) -> Decimal | Fraction | None:
-    """Single one-way linear leg, Binance formula, plain ints (the common path).
-
-    ``LP = (W + cum − s·q·E) / (q·MMR − s·q)`` with ``q = size × cm``, numerator and
-    denominator multiplied by ``RATE_SCALE × settle scale × wd·qd·ed / g`` (``g`` as in
-    ``_Mkt.rs_g``) so that MMR, cum and the inputs are all ints. The bracket is re-selected at
-    the root until it is stable (MM is continuous and ``equity − MM`` monotone for one leg, so
-    the walk is one-directional). ``None`` when there is no positive root.
-    """
+    """Single one-way linear leg, Binance formula, plain ints (the common path): parse, then :func:`_lp_linear`."""
     s = (_SIDES.get(side) if type(side) is str else None) or _side(side)
     qn, qd = _pos(size, "size")
-    en0, ed = _pos(entry, "entry")
-    qn, qd = qn * m.cm_n, qd * m.cm_d  # q = size × cm
-    nn, nd = qn * en0, qd * ed  # entry notional
+    en, ed = _pos(entry, "entry")
+    lev: Fraction | None = None
     if leverage is not None:
         lev = _leverage(leverage)
-        _check_leverage(m, lev, nn, nd)
+        _check_leverage(m, lev, qn * m.cm_n * en, qd * m.cm_d * ed)
     if wallet_balance is not None:
         if type(wallet_balance) is str:
             wn, wd = _STR_CACHE.get(wallet_balance) or _str_rat(wallet_balance, "wallet_balance")
@@ -1271,7 +1289,8 @@ def _fast_liq(
     elif cross:
         raise InvalidInputError("cross margin needs wallet_balance= (the cross wallet balance)")
     else:
-        lev = m.market.default_leverage if leverage is None else lev
+        nn, nd = qn * m.cm_n * en, qd * m.cm_d * ed  # entry notional
+        lev = m.market.default_leverage if lev is None else lev
         _check_leverage(m, lev, nn, nd)
         wn, wd = nn * lev.denominator, nd * lev.numerator  # isolated margin N / L
     if other_mm is not None or other_upnl is not None:
@@ -1283,6 +1302,40 @@ def _fast_liq(
         if other_mm is not None:  # − TMM₁
             mn, md = _nonneg(other_mm, "other_mm")
             wn, wd = wn * md - mn * wd, wd * md
+    if not exact and rounding is None and quantum is None and places is None and m.lp_tab is not None:
+        # Inputs on the quanta grids (the usual case): the integer tables of liquidation_price_px.
+        size_sz, r0 = divmod(qn * m.sz_scale, qd)
+        entry_px, r1 = divmod(en * m.pscale, ed)
+        wallet_q, r2 = divmod(wn * m.sscale, wd)
+        if not (r0 or r1 or r2):
+            k = _lp_ticks(m.lp_tab[s > 0], m.caps_x, s, size_sz, entry_px, wallet_q)
+            return None if k is None else _MUL(k, m.tick)
+    r = _lp_linear(m, s, qn, qd, en, ed, wn, wd)
+    if r is None:
+        return None
+    num, den = r
+    if exact:
+        return Fraction(num, den)
+    if rounding is None and quantum is None and places is None:
+        # default: a long's price up, a short's down, to the tick
+        k = -(-num * m.pscale // (den * m.tick_px)) if s > 0 else num * m.pscale // (den * m.tick_px)
+        return _MUL(k, m.tick)
+    return _fin_price(m, num, den, s > 0, rounding, quantum, places, exact)
+
+
+def _lp_linear(m: _Mkt, s: int, qn: int, qd: int, en: int, ed: int, wn: int, wd: int) -> tuple[int, int] | None:
+    """Liquidation price ``num/den`` (``den > 0``, quote per base) of one linear one-way leg, or ``None``.
+
+    ``s`` the side (±1), size ``qn/qd`` (before the contract multiplier), entry ``en/ed``, margin
+    ``w = wn/wd`` (``W − TMM₁ + UPNL₁``; the isolated wallet for isolated). Binance's formula
+    ``LP = (w + cum − s·q·E) / (q·MMR − s·q)`` with ``q = size × cm``, numerator and denominator
+    multiplied by ``RATE_SCALE × settle scale × wd·qd·ed / g`` (``g`` as in ``_Mkt.rs_g``) so that
+    MMR, cum and the inputs are all ints. The bracket is re-selected at the root until it is
+    stable (MM is continuous and ``equity − MM`` monotone for one leg, so the walk is
+    one-directional). ``None`` when there is no positive root. No rounding.
+    """
+    qn, qd = qn * m.cm_n, qd * m.cm_d  # q = size × cm
+    nn, nd = qn * en, qd * ed  # entry notional
     r = m.rscale_g
     common = wd * nd
     a = (wn * nd - s * nn * wd) * r
@@ -1304,13 +1357,7 @@ def _fast_liq(
         if j == i:
             break
         i = j
-    if exact:
-        return Fraction(num, den)
-    if rounding is None and quantum is None and places is None:
-        # default: a long's price up, a short's down, to the tick
-        k = -(-num * m.pscale // (den * m.tick_px)) if s > 0 else num * m.pscale // (den * m.tick_px)
-        return _MUL(k, m.tick)
-    return _fin_price(m, num, den, s > 0, rounding, quantum, places, exact)
+    return num, den
 
 
 def _liq_or_bankruptcy(
@@ -1628,6 +1675,451 @@ def bankruptcy_price(
         legs=legs, mmr=None, maintenance_amount=None, taker_fee=taker_fee,
         include_closing_fee=include_closing_fee, rounding=rounding, quantum=quantum, places=places, exact=exact,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Prepared market: the per-call fast path (tables built once, positional arguments)
+# ---------------------------------------------------------------------------------------------
+
+
+_LpTab = tuple[
+    int, int, tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[tuple[int, ...], ...]
+]
+"""``(kw, ke, kc, kd, lo, hi, cn)`` of :func:`_lp_px_table`."""
+_HI_OPEN: Final = 1 << 512  # "no cap" bound of the last bracket in _lp_px_table (beyond it: a bisect)
+
+
+def _lp_px_table(m: _Mkt, s: int) -> _LpTab:
+    """Constants of :meth:`PreparedMarket.liquidation_price_px` for side ``s`` of a linear market.
+
+    With ``q = size_sz·cm/size scale``, ``E = entry_px/price scale``, ``W = wallet_q/settle scale``,
+    ``MMR = mmr_r/RATE_SCALE``, ``cum = cum_qr/(RATE_SCALE·settle scale)``, Binance's
+    ``LP = (W + cum − s·q·E)/(q·(MMR − s))`` times ``RATE_SCALE·settle scale·size scale·cm_d·price scale``
+    gives, in price quanta, ``LP_px = num/(size_sz·KD)`` with
+    ``num = wallet_q·KW + KC − s·size_sz·entry_px·KE`` (``KW = RATE·size scale·cm_d·price scale``,
+    ``KC = cum_qr·size scale·cm_d·price scale``, ``KE = cm_n·RATE·settle scale``,
+    ``KD = cm_n·(mmr_r − s·RATE)·settle scale``), all divided by their gcd and multiplied by the
+    sign of ``KD`` (so the denominator is positive); ``kd`` is ``|KD|/g × tick_px`` (a price in
+    ticks). The notional at ``LP`` (solved with bracket ``i``) is ``num·hn/hd_i`` settle quanta
+    (``hn = cm_n·settle scale``, ``hd_i = size scale·cm_d·price scale·|KD_i|/g``): ``size_sz``
+    cancels, and, ``num`` being an integer, ``N ≥ cap ⇔ num ≥ ceil(cap·hd_i/hn)``. So ``cn[i]``
+    holds every cap in units of bracket ``i``'s ``num`` (the bracket at the root is
+    ``bisect_right(cn[i], num)``, as ``bisect_right(caps, floor(N))``), and "the root lies in
+    bracket i" is ``lo[i] ≤ num < hi[i]`` with ``lo[i] = cn[i][i−1]`` (0 for the first bracket) and
+    ``hi[i] = cn[i][i]`` (:data:`_HI_OPEN` for the last: beyond it the ``bisect`` decides).
+    """
+    rs = RATE_SCALE
+    sz, ps, ss = m.sz_scale, m.pscale, m.sscale
+    kw = rs * sz * m.cm_d * ps
+    kcs = [c * sz * m.cm_d * ps for c in m.cum]
+    ke = m.cm_n * rs * ss
+    kds = [m.cm_n * (r - s * rs) * ss for r in m.mmr]
+    sign = -1 if kds[0] < 0 else 1  # MMR < 1: the sign of KD is −s in every bracket
+    g = math.gcd(kw, ke, *kcs, *kds)
+    kd_abs = [abs(x) // g for x in kds]
+    hn = m.cm_n * ss
+    cn = tuple(tuple(-(-cap * sz * m.cm_d * ps * d // hn) for cap in m.caps) for d in kd_abs)
+    n = len(kd_abs)
+    lo = tuple(0 if i == 0 else cn[i][i - 1] for i in range(n))
+    hi = tuple(_HI_OPEN if i == n - 1 else cn[i][i] for i in range(n))
+    return (
+        sign * kw // g, sign * s * ke // g, tuple(sign * x // g for x in kcs),
+        tuple(d * m.tick_px for d in kd_abs), lo, hi, cn,
+    )
+
+
+def _lp_ticks(
+    tab: _LpTab, caps_x: tuple[int, ...], side: int, size_sz: int, entry_px: int, wallet_q: int
+) -> int | None:
+    """Liquidation price in ticks (long up, short down) from quanta, with the constants of :func:`_lp_px_table`.
+
+    The bracket starts at the entry notional (``caps_x``: caps in units of ``size_sz × entry_px``)
+    and is re-selected at the root exactly as :func:`_lp_linear` does; ``None`` as soon as a root
+    is not positive.
+    """
+    kw, ke, kc, kd, lo, hi, cn = tab
+    x = size_sz * entry_px
+    i = bisect_right(caps_x, x)  # bracket of the entry notional
+    w = wallet_q * kw
+    xe = x * ke
+    num = w + kc[i] - xe  # LP_px = num / (size_sz × |KD|/g)
+    if num <= 0:
+        return None
+    if not lo[i] <= num < hi[i]:  # the notional at LP is not in bracket i: re-select it
+        for _ in _WALK:
+            j = bisect_right(cn[i], num)  # bracket of the notional at LP
+            if j == i:  # only beyond _HI_OPEN: the bounds are exact
+                break
+            i = j
+            num = w + kc[i] - xe
+            if num <= 0:
+                return None
+            if lo[i] <= num < hi[i]:
+                break
+    den = size_sz * kd[i]  # kd includes the tick: num/den is LP in ticks
+    return -(-num // den) if side > 0 else num // den
+
+
+_QTYPES: Final = frozenset({str, Decimal, int})
+"""Input types a :class:`PreparedMarket` remembers on its quanta grids (``bool``/``float`` are other types)."""
+
+
+def _remember(cache: dict[object, int], value: object, n: int, d: int, scale: int) -> None:
+    """Store ``value → n·scale/d`` in a :class:`PreparedMarket` quanta cache if that is an integer.
+
+    ``value`` is a validated input (``str``, finite ``Decimal`` or ``int``) equal to ``n/d``; equal
+    keys (``Decimal("2.50")``, ``Decimal("2.5")``, ``2``…) have equal values, so one entry serves them.
+    """
+    q, r = divmod(n * scale, d)
+    if not r:
+        if len(cache) >= _CACHE_MAX:
+            cache.clear()
+        cache[value] = q
+
+
+class PreparedMarket:
+    """One market of a venue, prepared once for many calls: the calculator's fast path.
+
+    ``PreparedMarket(venue=…, symbol=…, brackets=None)`` resolves the preset, validates the
+    bracket table (or the ``brackets=`` override) and builds its integer tables once: bracket
+    caps in settle quanta, MMR and maintenance amount (``cum``) scaled to a common integer
+    denominator, and, for the quanta methods, the same constants folded with the size, price
+    and settle scales. The object is immutable (setting an attribute raises ``AttributeError``);
+    it holds the :class:`~perpmargin.presets.Venue` it was built from.
+
+    Two kinds of methods, with the same formulas, units, rounding and errors as the functions
+    of this module (:func:`maintenance_margin`, :func:`liquidation_price`):
+
+    * **numbers in, ``Decimal`` out**: :meth:`maintenance_margin`, :meth:`liquidation_price` take
+      ``Decimal``/``int``/numeric ``str`` positionally (a ``float`` raises
+      :class:`~perpmargin.errors.InvalidNumberError`) and return the rounded ``Decimal`` (settle
+      quantum up; tick, long up / short down) exactly as the module functions with default
+      rounding do;
+    * **quanta in, quanta out** (ints, no parsing and no ``Decimal``):
+      :meth:`maintenance_margin_q` (size quanta × price quanta → settle quanta, rounded up) and
+      :meth:`liquidation_price_px` (→ price quanta on the tick grid, long up / short down), for
+      callers that already hold integer quanta (an engine, a risk job).
+
+    The ``Decimal`` methods remember each ``str``/``Decimal``/``int`` input that lies on the
+    market's quanta grids as its integer quanta (at most 8,192 per kind, then cleared), so a
+    repeated input costs one dict lookup and the call runs on the quanta tables; inputs off the
+    grids (an average entry with more decimals) take the exact rational path. Results are the
+    same either way (``tests/test_calc_fast.py`` holds both against a reference).
+
+    Example::
+
+        btc = calc.PreparedMarket(venue="binance-usdm", symbol="BTCUSDT")
+        btc.maintenance_margin("1", "50000")                     # Decimal('200.00000000')
+        btc.maintenance_margin_q(1_000, 5_000_000)               # 20_000_000_000 (USDT quanta, 1e-8)
+        btc.liquidation_price("long", "1", "50000", "2500")      # Decimal('47690.8')
+        btc.liquidation_price_px(1, 1_000, 5_000_000, 250_000_000_000)  # 4_769_080 (price quanta, 0.01)
+    """
+
+    __slots__ = (
+        "_a_x",
+        "_c_x",
+        "_caps",
+        "_caps_x",
+        "_cm_d",
+        "_cm_n",
+        "_cum_g",
+        "_d_x",
+        "_fast_lp",
+        "_fast_mm",
+        "_lp_tab",
+        "_m",
+        "_mm_g",
+        "_pscale",
+        "_qpx",
+        "_qst",
+        "_qsz",
+        "_rs_g",
+        "_sq",
+        "_sscale",
+        "_sz_scale",
+        "_tick",
+        "_tick_px",
+    )
+    _m: _Mkt
+    _fast_mm: bool  # linear, tiered: the integer MM paths
+    _fast_lp: bool  # Binance/Hyperliquid rule, linear: the integer liquidation price paths
+    _sq: Decimal
+    _tick: Decimal
+    _pscale: int
+    _tick_px: int
+    _caps: list[int]
+    _mm_g: tuple[int, ...]
+    _cum_g: tuple[int, ...]
+    _rs_g: int
+    _sscale: int
+    _cm_n: int
+    _cm_d: int
+    _sz_scale: int
+    _caps_x: tuple[int, ...]
+    _lp_tab: tuple[_LpTab, _LpTab] | None
+    _a_x: tuple[int, ...]
+    _c_x: tuple[int, ...]
+    _d_x: int
+    _qsz: dict[object, int]  # size input → size quanta (inputs on the grid only)
+    _qpx: dict[object, int]  # price or entry input → price quanta
+    _qst: dict[object, int]  # wallet balance input → settle quanta
+
+    def __init__(self, *, venue: VenueLike, symbol: str, brackets: Sequence[BracketInput] | None = None) -> None:
+        m = _mkt(venue, symbol, brackets)
+        # Quanta MM of a linear market: with x = size_sz × price_px the notional is N = x·fn/fd settle
+        # quanta (fn/fd = cm × settle scale / (size scale × price scale)), so
+        # MM = ceil(N·MMR − cum) = ceil((x·fn·mmr_r − cum_qr·fd) / (fd·RATE_SCALE)) = ceil((x·A − C) / D)
+        # with A, C, D divided by their gcd; the bracket of N is that of x in m.caps_x.
+        f = Fraction(m.cm_n * m.sscale, m.cm_d * m.sz_scale * m.pscale)
+        fn, fd = f.numerator, f.denominator
+        g = math.gcd(fd * RATE_SCALE, *(fn * x for x in m.mmr), *(c * fd for c in m.cum))
+        fields: dict[str, object] = {
+            "_m": m, "_fast_mm": not m.dydx and not m.inverse, "_fast_lp": m.closed_linear, "_sq": m.squant,
+            "_tick": m.tick, "_pscale": m.pscale, "_tick_px": m.tick_px, "_caps": m.caps, "_mm_g": m.mm_g,
+            "_cum_g": m.cum_g, "_rs_g": m.rs_g, "_sscale": m.sscale, "_cm_n": m.cm_n, "_cm_d": m.cm_d,
+            "_sz_scale": m.sz_scale, "_caps_x": m.caps_x, "_lp_tab": m.lp_tab,
+            "_a_x": tuple(fn * x // g for x in m.mmr), "_c_x": tuple(c * fd // g for c in m.cum),
+            "_d_x": fd * RATE_SCALE // g, "_qsz": {}, "_qpx": {}, "_qst": {},
+        }
+        for name, value in fields.items():
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("a PreparedMarket is immutable: prepare a new one")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError("a PreparedMarket is immutable: prepare a new one")
+
+    def __repr__(self) -> str:
+        return f"PreparedMarket(venue={self._m.venue.rules.name!r}, symbol={self._m.market.symbol!r})"
+
+    @property
+    def venue(self) -> Venue:
+        """The loaded venue this market belongs to."""
+        return self._m.venue
+
+    @property
+    def market(self) -> Market:
+        """The market's configuration (tick, step, decimals, brackets…)."""
+        return self._m.market
+
+    @property
+    def brackets(self) -> list[BracketRow]:
+        """The bracket table in use (the preset's, or the ``brackets=`` override), as :func:`bracket_table`."""
+        return [_row(self._m, i) for i in range(len(self._m.mmr))]
+
+    def maintenance_margin(self, size: NumberLike, price: NumberLike) -> Decimal:
+        """Maintenance margin of ``size`` at ``price``: as :func:`maintenance_margin` with default rounding.
+
+        Formula: ``MM = N × MMR_n − cum_n`` (``n`` the bracket of ``N``, never negative); dYdX:
+        ``ceil_q(ceil_q(N × IMF) × MF)``. ``N`` is ``size × cm × price`` (inverse:
+        ``contracts × cm / price``). Rounding: up to the settle quantum.
+        """
+        keyed = type(size) in _QTYPES and type(price) in _QTYPES
+        if keyed:  # both seen before, on the quanta grids: the integer tables of maintenance_margin_q
+            try:
+                sz = self._qsz.get(size)
+                px = self._qpx.get(price)
+            except TypeError:  # a signalling NaN cannot be hashed: parsed (and refused) below
+                sz = px = None
+            if sz is not None and px is not None:
+                x = sz * px
+                i = bisect_right(self._caps_x, x)
+                return _MUL(-(-(x * self._a_x[i] - self._c_x[i]) // self._d_x), self._sq)  # (≥ 0, see _q)
+        if type(size) is str:
+            sn, sd = _STR_CACHE.get(size) or _str_rat(size, "size")
+        elif type(size) is Decimal and size.is_finite():
+            sn, sd = _DEC_CACHE.get(size) or _num(size, "size")
+        else:
+            sn, sd = _num(size, "size")
+        if sn <= 0:
+            raise InvalidNumberError("size must be positive", field="size", value=str(size))
+        if type(price) is str:
+            pn, pd = _STR_CACHE.get(price) or _str_rat(price, "price")
+        elif type(price) is Decimal and price.is_finite():
+            pn, pd = _DEC_CACHE.get(price) or _num(price, "price")
+        else:
+            pn, pd = _num(price, "price")
+        if pn <= 0:
+            raise InvalidNumberError("price must be positive", field="price", value=str(price))
+        if self._fast_mm:
+            if keyed:
+                _remember(self._qsz, size, sn, sd, self._sz_scale)
+                _remember(self._qpx, price, pn, pd, self._pscale)
+            nn, nd = sn * pn * self._cm_n, sd * pd * self._cm_d
+            i = bisect_right(self._caps, nn * self._sscale // nd)
+            num = nn * self._mm_g[i] - self._cum_g[i] * nd  # (N × MMR − cum) × settle scale / g
+            if num <= 0:
+                return _MUL(0, self._sq)
+            return _MUL(-(-num // (nd * self._rs_g)), self._sq)
+        m = self._m
+        nn, nd = _notional(m, (sn, sd), (pn, pd))
+        a, b = _mm(m, nn, nd, None, _dyd_for(m))
+        return _MUL(-(-a * m.sscale // b), self._sq)
+
+    def maintenance_margin_q(self, size_sz: int, price_px: int) -> int:
+        """Maintenance margin, **settle quanta**, of ``size_sz`` size quanta at ``price_px`` price quanta.
+
+        Units: ``size_sz`` in units of ``10^-size_decimals`` (base, or contracts for an inverse
+        market), ``price_px`` in ``10^-price_decimals`` quote per base; both positive ``int``
+        (anything else raises :class:`~perpmargin.errors.InvalidNumberError`). Same formula as
+        :meth:`maintenance_margin`; result rounded up to an integer number of settle quanta
+        (``maintenance_margin(size, price) == maintenance_margin_q(size_sz, price_px) × 10^-settle_decimals``).
+        """
+        if type(size_sz) is int and type(price_px) is int and size_sz > 0 and price_px > 0 and self._fast_mm:
+            x = size_sz * price_px
+            i = bisect_right(self._caps_x, x)
+            # x·A − C ≥ 0: cum_i ≤ floor_i × MMR_i ≤ N × MMR_i (floors and MMRs grow with the bracket)
+            return -(-(x * self._a_x[i] - self._c_x[i]) // self._d_x)
+        if type(size_sz) is not int or size_sz <= 0:
+            raise InvalidNumberError("size_sz must be a positive int (size quanta)", field="size_sz", value=size_sz)
+        if type(price_px) is not int or price_px <= 0:
+            raise InvalidNumberError("price_px must be a positive int (price quanta)", field="price_px",
+                                     value=price_px)
+        m = self._m
+        nn, nd = _notional(m, (size_sz, self._sz_scale), (price_px, self._pscale))
+        a, b = _mm(m, nn, nd, None, _dyd_for(m))
+        return -(-a * m.sscale // b)
+
+    def liquidation_price(
+        self,
+        side: str,
+        size: NumberLike,
+        entry: NumberLike,
+        wallet_balance: NumberLike | None = None,
+        *,
+        leverage: NumberLike | None = None,
+        margin_mode: str = "isolated",
+        other_mm: NumberLike | None = None,
+        other_upnl: NumberLike | None = None,
+    ) -> Decimal | None:
+        """Liquidation price of one one-way position: as :func:`liquidation_price` with default rounding.
+
+        ``wallet_balance`` is the isolated wallet balance (default ``N_entry / leverage``) or,
+        with ``margin_mode="cross"``, the cross wallet balance, with the other positions of the
+        wallet as ``other_mm``/``other_upnl``. Formula by the venue's rule (Binance, linear:
+        ``LP = (w + cum − s·q·E) / (q·MMR − s·q)`` with the bracket of ``q·LP``). Rounding: to the
+        tick, a long's price up and a short's down. ``None`` when no positive price liquidates it.
+        """
+        s = _SIDES.get(side) if type(side) is str else None
+        if (
+            self._fast_lp and s is not None and wallet_balance is not None and leverage is None
+            and other_mm is None and other_upnl is None and margin_mode in ("isolated", "cross")
+        ):
+            keyed = type(size) in _QTYPES and type(entry) in _QTYPES and type(wallet_balance) in _QTYPES
+            if keyed:  # all three seen before, on the quanta grids
+                try:
+                    sz = self._qsz.get(size)
+                    px = self._qpx.get(entry)
+                    wq = self._qst.get(wallet_balance)
+                except TypeError:  # a signalling NaN cannot be hashed: parsed (and refused) below
+                    sz = None
+                if sz is not None and px is not None and wq is not None:
+                    k = _lp_ticks(self._lp_tab[s > 0], self._caps_x, s, sz, px, wq)  # type: ignore[index]
+                    return None if k is None else _MUL(k, self._tick)
+            if type(size) is str:
+                qn, qd = _STR_CACHE.get(size) or _str_rat(size, "size")
+            else:
+                qn, qd = _num(size, "size")
+            if qn <= 0:
+                raise InvalidNumberError("size must be positive", field="size", value=str(size))
+            if type(entry) is str:
+                en, ed = _STR_CACHE.get(entry) or _str_rat(entry, "entry")
+            else:
+                en, ed = _num(entry, "entry")
+            if en <= 0:
+                raise InvalidNumberError("entry must be positive", field="entry", value=str(entry))
+            if type(wallet_balance) is str:
+                wn, wd = _STR_CACHE.get(wallet_balance) or _str_rat(wallet_balance, "wallet_balance")
+            else:
+                wn, wd = _num(wallet_balance, "wallet_balance")
+            # On the quanta grids (the usual case), the integer tables of liquidation_price_px:
+            size_sz, r0 = divmod(qn * self._sz_scale, qd)
+            entry_px, r1 = divmod(en * self._pscale, ed)
+            wallet_q, r2 = divmod(wn * self._sscale, wd)
+            if not (r0 or r1 or r2):
+                if keyed:
+                    _remember(self._qsz, size, qn, qd, self._sz_scale)
+                    _remember(self._qpx, entry, en, ed, self._pscale)
+                    _remember(self._qst, wallet_balance, wn, wd, self._sscale)
+                k = _lp_ticks(self._lp_tab[s > 0], self._caps_x, s,  # type: ignore[index]
+                              size_sz, entry_px, wallet_q)
+                return None if k is None else _MUL(k, self._tick)
+            r = _lp_linear(self._m, s, qn, qd, en, ed, wn, wd)
+            if r is None:
+                return None
+            num, den = r
+            den *= self._tick_px
+            # a long's price up, a short's down, to the tick
+            return _MUL(-(-num * self._pscale // den) if s > 0 else num * self._pscale // den, self._tick)
+        m = self._m
+        cross = _cross(margin_mode)
+        if self._fast_lp:
+            out = _fast_liq(m, side, size, entry, leverage, cross, wallet_balance, other_mm, other_upnl, None, None,
+                            None, False)
+        else:
+            out = _liq_or_bankruptcy(
+                want_liq=True, m=m, cross=cross, side=side, size=size, entry=entry, mark=None, leverage=leverage,
+                wallet_balance=wallet_balance, other_mm=other_mm, other_upnl=other_upnl, other_positions=None,
+                hedge_long=None, hedge_short=None, legs=None, mmr=None, maintenance_amount=None, taker_fee=None,
+                include_closing_fee=None, rounding=None, quantum=None, places=None, exact=False,
+            )
+        assert not isinstance(out, Fraction)
+        return out
+
+    def liquidation_price_px(self, side: int, size_sz: int, entry_px: int, wallet_q: int) -> int | None:
+        """Isolated liquidation price, **price quanta** on the tick grid, from integer quanta.
+
+        ``side`` ``1`` (long) or ``-1`` (short); ``size_sz`` size quanta (> 0), ``entry_px`` price
+        quanta (> 0), ``wallet_q`` the isolated wallet balance in settle quanta (any sign); all
+        ``int`` (else :class:`~perpmargin.errors.InvalidNumberError`/``InvalidInputError``). The
+        formula and rounding are those of :meth:`liquidation_price` with ``margin_mode="isolated"``
+        (a multiple of the tick, a long's price up, a short's down); ``None`` when no positive
+        price liquidates the position. An entry off the price grid (an average) needs
+        :meth:`liquidation_price`.
+        """
+        tab = self._lp_tab
+        if (
+            tab is not None and type(side) is int and type(size_sz) is int and type(entry_px) is int
+            and type(wallet_q) is int and (side == 1 or side == -1) and size_sz > 0 and entry_px > 0
+        ):
+            # _lp_ticks, inlined (the per-call path of a risk loop)
+            kw, ke, kc, kd, lo, hi, cn = tab[side > 0]
+            x = size_sz * entry_px
+            i = bisect_right(self._caps_x, x)  # bracket of the entry notional
+            w = wallet_q * kw
+            xe = x * ke
+            num = w + kc[i] - xe  # LP_px = num / (size_sz × |KD|/g)
+            if num <= 0:
+                return None
+            if not lo[i] <= num < hi[i]:  # the notional at LP is not in bracket i: re-select it
+                for _ in _WALK:
+                    j = bisect_right(cn[i], num)
+                    if j == i:  # only beyond _HI_OPEN: the bounds are exact
+                        break
+                    i = j
+                    num = w + kc[i] - xe
+                    if num <= 0:
+                        return None
+                    if lo[i] <= num < hi[i]:
+                        break
+            den = size_sz * kd[i]  # kd includes the tick: num/den is LP in ticks
+            return (-(-num // den) if side > 0 else num // den) * self._tick_px
+        if (side != 1 and side != -1) or type(side) is not int:
+            raise InvalidInputError("side must be 1 (long) or -1 (short)", field="side", value=side)
+        if type(size_sz) is not int or size_sz <= 0:
+            raise InvalidNumberError("size_sz must be a positive int (size quanta)", field="size_sz", value=size_sz)
+        if type(entry_px) is not int or entry_px <= 0:
+            raise InvalidNumberError("entry_px must be a positive int (price quanta)", field="entry_px",
+                                     value=entry_px)
+        if type(wallet_q) is not int:
+            raise InvalidNumberError("wallet_q must be an int (settle quanta)", field="wallet_q", value=wallet_q)
+        m = self._m
+        out = self.liquidation_price(
+            "long" if side > 0 else "short", Decimal(size_sz).scaleb(-m.market.size_decimals),
+            Decimal(entry_px).scaleb(-m.market.price_decimals), Decimal(wallet_q).scaleb(-m.sdec),
+        )
+        return None if out is None else int(out.scaleb(m.market.price_decimals))
 
 
 # ---------------------------------------------------------------------------------------------
