@@ -2,6 +2,9 @@
 # the project into it (again only when pyproject.toml changed).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# Cache compiled bytecode: without it every process (CLI run, test server, Dask worker)
+# recompiles pandas, matplotlib and friends from source, seconds each.
+unset PYTHONDONTWRITEBYTECODE
 PY=""
 for cand in python3.11 python3.12 python3.13 python3; do
   if command -v "$cand" >/dev/null 2>&1 && "$cand" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
@@ -17,6 +20,6 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   # uv (from PyPI) resolves and installs the wheels in parallel: a cold install takes seconds, not minutes.
   .venv/bin/python -m pip install --quiet --disable-pip-version-check "uv>=0.4"
   target="."; if [ -n "$extras" ]; then target=".[$extras]"; fi
-  .venv/bin/uv pip install --quiet --python .venv/bin/python -e "$target"
+  .venv/bin/uv pip install --quiet --compile-bytecode --python .venv/bin/python -e "$target"
   echo "$want" > "$stamp"
 fi
