@@ -20,6 +20,13 @@ Synthetic book (Binance USDⓈ-M preset, BTCUSDT and ETHUSDT): 4 position slots 
 leverage 5-50, 20 % isolated, margins from 0.4× to 2.5× IM so that some accounts are
 liquidatable; rows are shuffled (arrival order, as an incrementally updated book has).
 
+Full safety sweep (``SweepLiquidations``) at 10^4 and 10^5 accounts (``--quick``: 2·10^3):
+the kernel-screened sweep against evaluating every bucket exactly, on two identical engines
+(``benchmarks.bench_liquidation.Bench`` books, 1 % of the accounts moved to a margin-call
+level ± one quantum), with the events and state hashes compared; also the cost of the book
+rebuild the screened sweep does, of the screen alone, and of the alternative (keeping a book
+in sync: ``sync_account`` per touched account).
+
 Usage::
 
     .venv/bin/python -m benchmarks.bench_batch            # 10^5 and 10^6, Markdown table
@@ -276,6 +283,93 @@ def bench_size(n: int, *, repeat: int, loop: bool, bandwidth: float) -> list[Row
     return rows
 
 
+def _sweep_engines(n: int) -> tuple[Any, Any, int]:
+    """Two identical engines (``bench_liquidation.Bench``: ``n`` healthy accounts, one BTCUSDT
+    position each) with 1 % of the accounts moved to a margin-call level ± one quantum by a
+    ledger edit the monitor does not see (what a full sweep is the safety net for)."""
+    import copy
+
+    from benchmarks.bench_liquidation import Bench
+    from perpmargin.engine import Engine
+    from perpmargin.numbers import RATE_SCALE
+    from perpmargin.risk import cross_bucket
+
+    b = Bench(n, [])
+    engines = []
+    for screen in (True, False):
+        e = Engine(copy.deepcopy(b.engine.state))
+        e.liquidation.screen_sweeps = screen
+        b.ts += 1
+        e.apply(_mark(b.ts, "49995"))  # untimed: builds the monitoring index
+        engines.append(e)
+    ts = b.ts + 1
+    del b
+    rng = np.random.default_rng(1)
+    ids = sorted(a for a in engines[0].state.accounts if a.startswith("h"))
+    cfg = engines[0].liquidation.config()
+    assert cfg is not None
+    level = cfg.margin_call_levels_r[0]
+    for aid in rng.choice(ids, size=max(1, n // 100), replace=False).tolist():
+        c = cross_bucket(engines[0].state, engines[0].state.accounts[aid])
+        delta = (c.mm_q * RATE_SCALE) // level + int(rng.integers(-1, 2)) - c.equity_q
+        for e in engines:
+            e.state.ledger.balances[(aid, "USDT")] += delta
+            e.state.ledger.deposited["USDT"] += delta
+    return engines[0], engines[1], ts
+
+
+def _mark(ts: int, price: str) -> Any:
+    from perpmargin.commands import SetMarkPrice
+
+    return SetMarkPrice(ts_ms=ts, symbol="BTCUSDT", price=price)
+
+
+def bench_sweep(n: int) -> list[Row]:
+    """Full safety sweep (``SweepLiquidations``) screened by the kernel vs evaluating every bucket."""
+    from perpmargin.batch import BookColumns
+    from perpmargin.commands import SweepLiquidations
+
+    group = f"full sweep {n:,} accounts"
+    screened, exact, ts = _sweep_engines(n)
+    results = []
+    for e in (screened, exact):
+        ev0 = e.liquidation.evaluations
+        gc.collect()
+        t0, c0 = time.perf_counter(), time.process_time()
+        events = e.apply(SweepLiquidations(ts_ms=ts))
+        results.append((time.perf_counter() - t0, time.process_time() - c0, e.liquidation.evaluations - ev0, events))
+    same = results[0][3] == results[1][3] and screened.state_hash() == exact.state_hash()
+    st = screened.state
+    cfg = screened.liquidation.config()
+    assert cfg is not None
+    levels = cfg.margin_call_levels_r
+    _, rebuild_c = _median_wall_cpu(lambda: BookColumns.from_state(st), 3)
+    book = BookColumns.from_state(st)
+    _, screen_c = _median_wall_cpu(lambda: book.screen(levels), 5)
+    touched = sorted(a for a in st.accounts if a.startswith("h"))[:1000]
+
+    def sync_all() -> None:
+        for a in touched:
+            book.sync_account(st, a)
+
+    _, sync_c = _median_wall_cpu(sync_all, 3)
+    buckets = len(book.account_ids) + int(np.count_nonzero(book._flags[: book.n_slots] & 2))
+    return [
+        row(group, "exact sweep (every bucket) CPU time", results[1][1] * 1e3, "ms"),
+        row(group, "screened sweep CPU time", results[0][1] * 1e3, "ms", "exact sweep (every bucket) CPU time"),
+        row(group, "exact sweep (every bucket) wall", results[1][0] * 1e3, "ms"),
+        row(group, "screened sweep wall", results[0][0] * 1e3, "ms", "exact sweep (every bucket) wall"),
+        row(group, "of which: book rebuild (from_state) CPU", rebuild_c * 1e3, "ms"),
+        row(group, "of which: kernel screen CPU", screen_c * 1e3, "ms"),
+        row(group, "alternative: keep the book in sync, per touched account CPU", sync_c / len(touched) * 1e6, "µs"),
+        row(group, "buckets", float(buckets), "count"),
+        row(group, "buckets evaluated exactly, screened sweep", float(results[0][2]), "count"),
+        row(group, "buckets evaluated exactly, exact sweep", float(results[1][2]), "count"),
+        row(group, "events", float(len(results[0][3])), "count"),
+        row(group, "identical events and state hash (1 = yes)", float(same), "count"),
+    ]
+
+
 def run(quick: bool, big: bool = False) -> list[Row]:
     """All rows (``quick``: 10^5 only; ``big``: add 10^7)."""
     sizes = [100_000] if quick else [100_000, 1_000_000]
@@ -287,6 +381,8 @@ def run(quick: bool, big: bool = False) -> list[Row]:
     rows.append(row("machine", "read bandwidth (np.sum)", bw / 1e9, "GB/s"))
     for n in sizes:
         rows.extend(bench_size(n, repeat=repeat, loop=n <= 100_000, bandwidth=bw))
+    for n in [2_000] if quick else [10_000, 100_000]:
+        rows.extend(bench_sweep(n))
     rows.append(row("machine", "peak RSS", _peak_rss_bytes() / 2**20, "MiB"))
     return rows
 

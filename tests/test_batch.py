@@ -683,3 +683,49 @@ def test_staged_bracket_fallback_gives_the_same_results(setup: str) -> None:
     assert np.array_equal(a.mm, b.mm)
     assert a.liquidatable_ids() == b.liquidatable_ids()
     assert_same_decisions(slow, state, SETUPS[setup][1], initial=True)
+
+
+@pytest.mark.parametrize("order", ["account-major", "arrival order (appended after a bulk load)"])
+def test_blocked_pass_sums_equal_one_flat_pass_within_the_bound(order: str) -> None:
+    """More than two blocks, buckets straddling block boundaries, and (second case) rows out of
+    account order: the per-account sums and decisions equal a flat ``np.bincount`` pass."""
+    from perpmargin.batch import _columns
+
+    n = 2 * _columns._BLOCK + 7_777
+    arrays = _synthetic_arrays(n, seed=5)
+    if order == "account-major":
+        book = BookColumns.from_arrays(BINANCE.rules, BINANCE.assets, BINANCE.markets, **arrays)
+    else:
+        head = {**arrays, "pos_account": arrays["pos_account"][: n // 2]}
+        for k in ("pos_market", "size_sz", "cost_q", "leverage", "isolated", "leg", "isolated_balance_q"):
+            head[k] = arrays[k][: n // 2]
+        book = BookColumns.from_arrays(BINANCE.rules, BINANCE.assets, BINANCE.markets, **head)
+        rng = np.random.default_rng(2)
+        legs = (Leg.BOTH, Leg.LONG, Leg.SHORT)
+        for i in rng.permutation(np.arange(n // 2, n)).tolist():
+            book.apply_position(
+                arrays["account_ids"][int(arrays["pos_account"][i])],
+                book.table.symbols[int(arrays["pos_market"][i])],
+                legs[int(arrays["leg"][i])],
+                int(arrays["size_sz"][i]),
+                Fraction(round(arrays["cost_q"][i])),
+                margin_mode=MarginMode.ISOLATED if arrays["isolated"][i] else MarginMode.CROSS,
+                leverage=10,
+                isolated_balance_q=int(arrays["isolated_balance_q"][i]) if arrays["isolated"][i] else 0,
+            )
+    assert book.n_slots > 2 * _columns._BLOCK
+    res = book.compute()
+    ns, na = book.n_slots, len(book.account_ids)
+    iso = (book._flags[:ns] & 2) != 0
+    cacct = np.where(iso, na, book._acct[:ns].astype(np.intp))
+    flat_mm = np.bincount(cacct, res.mm, minlength=na + 1)[:na]
+    flat_val = np.bincount(cacct, res.value, minlength=na + 1)[:na]
+    assert np.all(np.abs(res.cross_mm - flat_mm) <= res.error)
+    assert np.all(np.abs((res.equity - book._bal[:na]) - flat_val) <= res.error)
+    with np.errstate(all="ignore"):
+        plain = (flat_mm > 0) & (book._bal[:na] + flat_val <= flat_mm)
+    certain = res.error < np.abs(res.equity - res.cross_mm) - 2
+    assert np.array_equal(plain[certain], res.cross_liquidatable[certain])
+    assert int(np.count_nonzero(res.iso_liquidatable)) > 0
+    iso_eq = book._iso_bal[:ns][iso] + res.value[iso]
+    assert np.array_equal(res.iso_equity[iso], iso_eq)

@@ -36,7 +36,15 @@ evaluation and whenever a command touches it (fills, transfers, withdrawals, fun
 from the transaction's account copies and the ledger's undo log). The index is a cache: it only
 chooses whom to evaluate exactly; every decision is made from :mod:`perpmargin.risk` and the
 state, and evaluating a bucket whose state did not change does nothing, so a replay (which
-rebuilds the index) makes identical decisions. ``SweepLiquidations`` evaluates every bucket.
+rebuilds the index) makes identical decisions. ``SweepLiquidations`` evaluates every bucket:
+the batch kernel (:meth:`perpmargin.batch.BookColumns.screen`, columns rebuilt from the state
+per sweep) first proves most buckets *quiet* -- equity ≥ 0, not liquidatable, below every
+margin-call level, with no call, liquidation or deficit on record -- from its rigorous float
+error bound; those are skipped unless something touches them during the sweep (their exact
+evaluation would do nothing), the rest are evaluated exactly in the same order, so events and
+state equal evaluating all of them (``LiquidationDesk.screen_sweeps = False`` does exactly that).
+The monitoring index is rebuilt only if it was not ready; otherwise the evaluated buckets are
+re-keyed, as after any command.
 
 Procedure for a liquidatable bucket (``MM > 0`` and ``equity ≤ MM``)
 ----------------------------------------------------------------------
@@ -126,6 +134,7 @@ from perpmargin.errors import (
     InvalidNumberError,
     InvariantViolation,
     OutflowLimitError,
+    PerpmarginError,
     UnknownAccountError,
     UnknownAssetError,
     UnknownSymbolError,
@@ -752,6 +761,15 @@ class _TxLike(Protocol):
 
 
 @dataclass
+class _Touch:
+    """What a screened sweep has seen change since its screen (see ``_touched_since_screen``)."""
+
+    prices: tuple[dict[str, int], dict[str, int], dict[str, int]]
+    seen: tuple[int, int, int] = (-1, -1, -1)
+    buckets: set[str] = field(default_factory=set)
+
+
+@dataclass
 class _Ctx:
     tx: _TxLike
     ts: int
@@ -762,6 +780,9 @@ class _Ctx:
     evals: dict[str, int] = field(default_factory=dict)
     steps: dict[str, int] = field(default_factory=dict)
     changed: set[str] = field(default_factory=set)
+    quiet: list[str] = field(default_factory=list)
+    qi: int = 0
+    touch: _Touch | None = None
 
     def push(self, bucket: str) -> None:
         if bucket not in self.queued and self.evals.get(bucket, 0) < _MAX_EVALS_PER_BUCKET:
@@ -870,6 +891,10 @@ class LiquidationDesk:
         self._deadlines_ready = False
         self.evaluations = 0
         """Exact bucket evaluations so far (a benchmark and test figure)."""
+        self.screen_sweeps = True
+        """Full sweeps skip the buckets the batch kernel proves quiet (``False``: evaluate all)."""
+        self.screened_skips = 0
+        """Buckets full sweeps skipped so far (a benchmark and test figure)."""
 
     @property
     def state(self) -> EngineState:
@@ -1091,13 +1116,18 @@ class LiquidationDesk:
         st = self.state
         liq = self.liq
         self._gates(ctx, cfg, cmd)
-        if not self._index.ready or tx.scratch.get("liq.sweep"):
+        sweep = bool(tx.scratch.get("liq.sweep"))
+        quiet = self._quiet_buckets(cfg) if sweep and self.screen_sweeps else None
+        if not self._index.ready or (sweep and quiet is None):
             self._rebuild(tx)
-            if tx.scratch.get("liq.sweep"):
+        if sweep:
+            if quiet is None:
                 for b in sorted(self._index.keys):
                     ctx.push(b)
                 for b in self._all_buckets():
                     ctx.push(b)
+            else:
+                self._push_screened(ctx, quiet)
         old_assets, old_marks, _ = tx.saved_prices
         changed_marks = sorted(s for s, p in st.mark_prices.items() if old_marks.get(s) != p)
         for s in changed_marks:
@@ -1133,13 +1163,85 @@ class LiquidationDesk:
         return ctx.events
 
     def _drain(self, ctx: _Ctx, cfg: LiquidationConfig) -> None:
-        while ctx.heap:
-            b = heapq.heappop(ctx.heap)
-            ctx.queued.discard(b)
-            ctx.evals[b] = ctx.evals.get(b, 0) + 1
+        quiet = ctx.quiet
+        while ctx.heap or ctx.qi < len(quiet):
+            if ctx.qi < len(quiet) and (not ctx.heap or quiet[ctx.qi] < ctx.heap[0]):
+                # A screened-quiet bucket's turn in the exact sweep's order: that evaluation
+                # would find nothing to do unless something touched the bucket since the screen.
+                b = quiet[ctx.qi]
+                ctx.qi += 1
+                ctx.queued.discard(b)
+                ctx.evals[b] = ctx.evals.get(b, 0) + 1
+                if b not in self._touched_since_screen(ctx):
+                    continue
+            else:
+                b = heapq.heappop(ctx.heap)
+                ctx.queued.discard(b)
+                ctx.evals[b] = ctx.evals.get(b, 0) + 1
             ctx.evaluated.add(b)
             self.evaluations += 1
             self._evaluate(ctx, cfg, b)
+
+    # -- the screened full sweep --------------------------------------------------------------
+
+    def _quiet_buckets(self, cfg: LiquidationConfig) -> list[str] | None:
+        """Buckets a full sweep may skip, sorted; ``None`` when the screen cannot run.
+
+        The batch kernel (:meth:`perpmargin.batch.BookColumns.screen`, rebuilt from the state
+        for each sweep) proves from its float error bound that such a bucket's exact risk has
+        equity ≥ 0, is not liquidatable and reaches no margin-call level; a bucket with a
+        margin call, an active liquidation or an unresolved deficit on record is never skipped.
+        Evaluating a quiet bucket would then change nothing and emit nothing, so skipping it
+        leaves the sweep's events and state identical to evaluating every bucket.
+        """
+        from perpmargin.batch import BookColumns  # numpy only when a sweep runs
+
+        try:
+            screen = BookColumns.from_state(self.state).screen(cfg.margin_call_levels_r)
+        except PerpmarginError:
+            return None  # e.g. a market with positions and no mark: the exact sweep decides
+        tables = self.liq.tables
+        on_record = tables["calls"].keys() | tables["active"].keys() | tables["unresolved"].keys()
+        return [b for b in screen.quiet if b not in on_record]
+
+    def _push_screened(self, ctx: _Ctx, quiet: list[str]) -> None:
+        """Queue the loud buckets; the quiet ones wait in order as if queued (see :meth:`_drain`)."""
+        skip = set(quiet)
+        for b in self._all_buckets():
+            if b not in skip:
+                ctx.push(b)
+        ctx.quiet = quiet
+        ctx.qi = 0
+        ctx.queued.update(quiet)
+        self._deadlines_ready = False  # as a rebuild does: re-derived from the calls on record
+        st = self.state
+        ctx.touch = _Touch(
+            prices=(dict(st.mark_prices), dict(st.asset_prices), {s: m.cum_index for s, m in st.prices.markets.items()})
+        )
+        self.screened_skips += len(quiet)
+
+    def _touched_since_screen(self, ctx: _Ctx) -> set[str]:
+        """Buckets whose account, balances or liquidation records changed in this transaction
+        (incrementally: the account copies, the ledger's and the liquidation state's undo logs);
+        every bucket once any mark, asset price or funding index moved since the screen."""
+        t = ctx.touch
+        if t is None:
+            raise InvariantViolation("a screened sweep without its screen")
+        tx = ctx.tx
+        st = self.state
+        ledger_log = st.ledger.undo or []
+        liq_log = self.liq.undo or []
+        if (len(tx.saved_accounts), len(ledger_log), len(liq_log)) == t.seen:
+            return t.buckets
+        t.seen = (len(tx.saved_accounts), len(ledger_log), len(liq_log))
+        t.buckets = self._touched(tx)
+        for table, key, _old in liq_log:
+            if table in ("calls", "active", "unresolved"):
+                t.buckets.add(str(key))
+        now = (st.mark_prices, st.asset_prices, {s: m.cum_index for s, m in st.prices.markets.items()})
+        if now != t.prices:
+            t.buckets.update(ctx.quiet)
+        return t.buckets
 
     def _rebuild(self, tx: _TxLike) -> None:
         idx = self._index

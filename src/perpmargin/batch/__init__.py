@@ -24,17 +24,43 @@ Example::
     book = BookColumns.from_state(engine.state)
     risk = book.compute({"BTCUSDT": 5_000_000})     # marks in price quanta
     risk.liquidatable_ids()
+
+Users
+-----
+* **Risk snapshots** (reports, the stress lab's per-step risk, the service's risk endpoint)::
+
+      snap = risk_snapshot(engine)                   # or an EngineState; marks={sym: px_quanta}
+      snap.liquidatable_ids()                        # exact decisions
+      snap.equity, snap.mm, snap.margin_ratio        # per account (cross bucket), valuation quanta
+      snap.notional, snap.upnl, snap.liquidation_price   # per position (settle / price quanta)
+      snap.ratio_quantiles((0.5, 0.9, 0.99))         # margin-ratio distribution over buckets
+      snap.ratio_histogram()                         # counts per [0, .1), …, [1, inf]
+      snap.account("alice")                          # one account as plain values
+
+  :func:`risk_snapshot` builds the columns from the state (or takes ``book=`` kept in step by
+  the caller, e.g. across stress steps) and returns a :class:`RiskSnapshot`: decisions exact,
+  amounts floats within their error bound except on rows decided by the exact path (``exact``).
+* **The liquidation monitor's full sweep** (``SweepLiquidations(full=True)``) calls
+  :meth:`BookColumns.screen`: every bucket the float screen proves *quiet* (equity ≥ 0, not
+  liquidatable, below every margin-call level, for the exact path) is skipped, the rest are
+  evaluated exactly; the sweep's events and state equal those of evaluating every bucket
+  (see :mod:`perpmargin.liquidation` and ``docs/batch.md``).
 """
 
-from perpmargin.batch._columns import BookColumns, MemoryReport
+from perpmargin.batch._columns import BookColumns, BucketScreen, MemoryReport
 from perpmargin.batch._kernel import ERR_UNIT, BatchRisk, MarketTable, error_bound, liquidation_prices
+from perpmargin.batch._snapshot import DEFAULT_RATIO_EDGES, RiskSnapshot, risk_snapshot
 
 __all__ = [
+    "DEFAULT_RATIO_EDGES",
     "ERR_UNIT",
     "BatchRisk",
     "BookColumns",
+    "BucketScreen",
     "MarketTable",
     "MemoryReport",
+    "RiskSnapshot",
     "error_bound",
     "liquidation_prices",
+    "risk_snapshot",
 ]

@@ -54,7 +54,7 @@ What is screened and what is always exact
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Final
@@ -70,19 +70,21 @@ from perpmargin.batch._kernel import (
     decide,
     error_bound,
     liquidation_prices,
+    quiet_mask,
 )
 from perpmargin.config import Asset, Market, VenueRules
 from perpmargin.errors import InvalidInputError, InvariantViolation, UnknownSymbolError
 from perpmargin.ledger import Ledger
 from perpmargin.math.margin import dydx_oi_scaled_imf_ppm
 from perpmargin.numbers import RATE_SCALE, Rounding, div_round
-from perpmargin.risk import AccountRisk, account_risk
+from perpmargin.risk import AccountRisk, account_risk, pending_funding_q
 from perpmargin.state import EngineState, Leg, MarginMode, isolated_holder
 
-__all__ = ["BookColumns", "MemoryReport"]
+__all__ = ["BookColumns", "BucketScreen", "MemoryReport"]
 
 F64 = npt.NDArray[np.float64]
 I32 = npt.NDArray[np.int32]
+IArr = npt.NDArray[np.intp]
 
 _F_LIVE: Final = 1
 _F_ISO: Final = 2
@@ -108,6 +110,66 @@ _ACCOUNT_COLUMNS: Final = (
     ("_n_cross", np.int32),
     ("_multi", np.uint8),
 )
+
+
+_BLOCK: Final = 1 << 15
+"""Slots per block of :meth:`BookColumns._blocked_pass` (temporaries of 256 KiB stay in cache)."""
+
+
+@dataclass(slots=True)
+class _Pass:
+    """Outputs of one blocked pass (per slot, then per account)."""
+
+    value: F64
+    notional: F64
+    mm: F64
+    bracket: npt.NDArray[np.int8]
+    im: F64
+    upnl: F64
+    iso: npt.NDArray[np.bool_]
+    iso_eq: F64
+    iso_ratio: F64
+    iso_liq: npt.NDArray[np.bool_]
+    iso_init: npt.NDArray[np.bool_] | None
+    s_val: F64
+    s_mm: F64
+    s_im: F64
+    s_n: F64
+    iso_need: IArr
+
+    @classmethod
+    def empty(cls, n: int, na: int, *, initial: bool) -> _Pass:
+        return cls(
+            value=np.empty(n),
+            notional=np.empty(n),
+            mm=np.empty(n),
+            bracket=np.empty(n, dtype=np.int8),
+            im=np.empty(n),
+            upnl=np.empty(n),
+            iso=np.empty(n, dtype=np.bool_),
+            iso_eq=np.full(n, np.nan),
+            iso_ratio=np.full(n, np.nan),
+            iso_liq=np.zeros(n, dtype=np.bool_),
+            iso_init=np.zeros(n, dtype=np.bool_) if initial else None,
+            s_val=np.zeros(na),
+            s_mm=np.zeros(na),
+            s_im=np.zeros(na),
+            s_n=np.zeros(na),
+            iso_need=np.zeros(0, dtype=np.intp),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class BucketScreen:
+    """Result of :meth:`BookColumns.screen`: bucket names (ledger holders), each list sorted.
+
+    ``quiet``: the exact path would find every such bucket with equity ≥ 0, not liquidatable
+    and below every margin-call level. ``loud``: all the others (near or past a threshold,
+    multi-asset with cross positions, non-finite screen).
+    """
+
+    quiet: list[str]
+    loud: list[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +281,12 @@ class BookColumns:
 
         Keeps a reference to ``state`` for the exact re-decisions of :meth:`compute`.
         One pass over the ledger and the positions: ``O(accounts + positions + balances)``.
+        Funding a position owes but has not settled (index settlement,
+        :func:`perpmargin.risk.pending_funding_q`) is folded into the balance of its bucket (the
+        isolated holder's, or the cross balance when settled in the par valuation asset; a cross
+        position settled in another asset makes the account multi-asset, decided exactly), as
+        the exact path counts it in equity. The fold is as of this call: after the market's
+        funding index moves, rebuild (or :meth:`sync_account` every account of that market).
         """
         book = cls(state.rules, state.assets, state.markets, marks=state.mark_prices)
         book.state = state
@@ -239,24 +307,35 @@ class BookColumns:
         p_inv: list[float] = []
         p_ibal: list[float] = []
         index = book.table.index
+        inv_cache: dict[Fraction, float] = {}
+        markets = state.markets
+        simple_asset = book.simple_asset
         for row, aid in enumerate(ids):
+            simple = 0  # exact integer, converted to float once
             for asset, v in by_holder.get(aid, {}).items():
                 if asset == book.simple_asset:
-                    bal[row] = float(v)
+                    simple = v
                 else:
                     other.setdefault(row, {})[asset] = v
             for pos in state.accounts[aid].sorted_positions():
                 iso = pos.margin_mode is MarginMode.ISOLATED
-                settle = state.markets[pos.symbol].settle_asset
+                settle = markets[pos.symbol].settle_asset
+                owed = pending_funding_q(state, pos)
+                if not iso and settle == simple_asset:
+                    simple -= owed
+                inv = inv_cache.get(pos.leverage)
+                if inv is None:
+                    inv = inv_cache[pos.leverage] = book._inv_leverage(pos.leverage)
                 p_acct.append(row)
                 p_mkt.append(index[pos.symbol])
                 p_leg.append(_LEG_CODE[pos.leg])
                 p_iso.append(iso)
                 p_size.append(float(pos.size_sz))
                 p_cost.append(float(pos.cost_q))
-                p_inv.append(book._inv_leverage(pos.leverage))
-                ib = by_holder.get(isolated_holder(aid, pos.symbol, pos.leg), {}).get(settle, 0) if iso else 0
+                p_inv.append(inv)
+                ib = by_holder.get(isolated_holder(aid, pos.symbol, pos.leg), {}).get(settle, 0) - owed if iso else 0
                 p_ibal.append(float(ib))
+            bal[row] = float(simple)
         book._bulk_load(
             ids,
             bal,
@@ -621,12 +700,19 @@ class BookColumns:
         """Bring one account in step with ``state`` (after an engine command touched it).
 
         Reads its balances (``O(assets)``), its positions and their isolated buckets, and removes
-        the book's positions the state no longer has. Also refreshes the open interest.
+        the book's positions the state no longer has. Also refreshes the open interest. Pending
+        funding is folded into the balances as in :meth:`from_state`.
         """
         acc = state.accounts[account_id]
         ledger = state.ledger
+        owed_cross = sum(
+            pending_funding_q(state, p)
+            for p in acc.positions.values()
+            if p.margin_mode is MarginMode.CROSS and state.markets[p.symbol].settle_asset == self.simple_asset
+        )
         for asset in self.assets:
-            self.set_balance(account_id, ledger.balance(account_id, asset), asset)
+            q = ledger.balance(account_id, asset)
+            self.set_balance(account_id, q - owed_cross if asset == self.simple_asset else q, asset)
         row = self.account_row(account_id, create=True)
         assert row is not None
         keep = {(self.table.index[p.symbol], _LEG_CODE[p.leg]) for p in acc.positions.values()}
@@ -637,6 +723,7 @@ class BookColumns:
         for pos in acc.sorted_positions():
             settle = state.markets[pos.symbol].settle_asset
             ib = ledger.balance(isolated_holder(account_id, pos.symbol, pos.leg), settle)
+            ib -= pending_funding_q(state, pos)
             self.apply_position(
                 account_id,
                 pos.symbol,
@@ -719,6 +806,151 @@ class BookColumns:
             out[m] = ppm / 1e6
         return out
 
+    def _position_terms(self, px: list[int | None]) -> tuple[IArr, IArr, F64, F64, F64, npt.NDArray[np.int8]]:
+        """``(mkt, acct, value, notional, MM, bracket)`` of every slot at the marks ``px`` (floats)."""
+        mt = self.table
+        n = self.n_slots
+        mkt = self._mkt[:n].astype(np.intp)
+        acct = self._acct[:n].astype(np.intp)
+        # A market without a mark has no live position (checked by _resolve_marks); its placeholder
+        # 1.0 only meets free slots, whose size 0 keeps every term exactly 0 (NaN would poison row 0).
+        marks_f = np.array([1.0 if p is None else float(p) for p in px], dtype=np.float64)
+        with np.errstate(all="ignore"):
+            uv = mt.unit_values(marks_f)
+            value = self._size[:n] * uv[mkt]
+            notional = np.abs(value)
+            mm, bracket = bracket_terms(mt, mkt, notional)
+        return mkt, acct, value, notional, mm, bracket
+
+    def _blocked_pass(self, px: list[int | None], imf: F64 | None, *, initial: bool) -> _Pass:
+        """Every per-slot term and the per-account sums, in blocks of :data:`_BLOCK` slots.
+
+        Same formulas as :meth:`_position_terms` plus IM, uPnL and the isolated buckets'
+        decisions; each block's temporaries stay in cache, so main memory sees the columns read
+        once and the outputs written once. Cross sums are ``np.bincount`` over the block's
+        account range (rows are account-major after a bulk load or :meth:`compact`, so the
+        range is short; any order stays correct). A bucket whose slots straddle blocks is
+        summed as partial sums added together: still ``k − 1`` additions of its ``k`` terms,
+        and the summation bound ``γ_{k−1}·Σ|t_i|`` of :func:`~perpmargin.batch._kernel.error_bound`
+        holds for any order of them.
+        """
+        mt = self.table
+        n, na = self.n_slots, len(self.account_ids)
+        marks_f = np.array([1.0 if p is None else float(p) for p in px], dtype=np.float64)
+        with np.errstate(all="ignore"):
+            uv = mt.unit_values(marks_f)
+        out = _Pass.empty(n, na, initial=initial)
+        sums = (out.s_val, out.s_mm, out.s_im, out.s_n)
+        need: list[npt.NDArray[np.int32]] = []
+        c_mm, c_im = mt.c_mm, mt.c_im
+        with np.errstate(all="ignore"):
+            for c0 in range(0, n, _BLOCK):
+                sl = slice(c0, min(n, c0 + _BLOCK))
+                m = self._mkt[sl].astype(np.intp)
+                v = out.value[sl]
+                np.multiply(self._size[sl], uv[m], out=v)
+                nn = out.notional[sl]
+                np.abs(v, out=nn)
+                mmc, brc = bracket_terms(mt, m, nn)
+                out.mm[sl] = mmc
+                out.bracket[sl] = brc
+                imc = out.im[sl]
+                if imf is not None:
+                    np.multiply(nn, np.maximum(imf[m], self._inv_lev[sl]), out=imc)
+                else:
+                    np.multiply(nn, self._inv_lev[sl], out=imc)
+                if c_im > 1:
+                    imc += nn * mt.fee[m]
+                np.subtract(v, self._cost[sl], out=out.upnl[sl])
+                isoc = (self._flags[sl] & _F_ISO) != 0
+                out.iso[sl] = isoc
+                a = self._acct[sl]
+                if a.size == 0:
+                    continue
+                lo = int(a.min())
+                span = int(a.max()) - lo + 1
+                local = a - np.int32(lo)
+                local[isoc] = span  # isolated slots sum into a discarded bin
+                for dst, w in zip(sums, (v, mmc, imc, nn), strict=True):
+                    dst[lo : lo + span] += np.bincount(local, w, minlength=span + 1)[:span]
+                ii = np.flatnonzero(isoc)
+                if ii.size == 0:
+                    continue
+                ib = self._iso_bal[sl][ii]
+                e_i = ib + v[ii]
+                ones = np.ones(ii.size)
+                ierr = error_bound(np.abs(ib), nn[ii], ones)
+                gi = ii + c0
+                out.iso_eq[gi] = e_i
+                mi = mmc[ii]
+                yes, band = decide(e_i - mi, ierr, ones, c_mm, initial=False)
+                out.iso_liq[gi] = yes
+                out.iso_ratio[gi] = _ratio(mi, e_i)
+                need.append(a[ii[band]])
+                if out.iso_init is not None:
+                    i_yes, i_band = decide(e_i - imc[ii], ierr, ones, c_im, initial=True)
+                    out.iso_init[gi] = i_yes
+                    need.append(a[ii[i_band]])
+        out.iso_need = np.concatenate(need).astype(np.intp) if need else np.zeros(0, dtype=np.intp)
+        return out
+
+    def screen(self, levels_r: Sequence[int] = (), marks: Mapping[str, int] | None = None) -> BucketScreen:
+        """Which margin buckets are certainly *quiet* at ``marks`` (default: the stored marks).
+
+        A bucket is quiet when, for the exact path, (a) its equity is ≥ 0 (no deficit), (b) it
+        is not liquidatable, and (c) no margin-call level ``L`` of ``levels_r`` (rate quanta,
+        ``MM × 1e9 ≥ L × equity``) is reached -- proven from the float screen and its error
+        bound (:func:`~perpmargin.batch._kernel.quiet_mask`). A bucket without positions only
+        needs (a). Multi-asset cross buckets are quiet only without cross positions and with no
+        negative balance in any asset (then equity ≥ 0 exactly). Everything else is *loud*.
+        No exact arithmetic runs here; the caller evaluates the loud buckets exactly. Bucket
+        names are the ledger holders: the account id, or ``account#SYMBOL#LEG`` when isolated.
+        ``O(positions)`` vectorised plus ``O(buckets)`` to name them.
+        """
+        mt = self.table
+        px = self._resolve_marks(marks)
+        n, na = self.n_slots, len(self.account_ids)
+        flags = self._flags[:n]
+        bal = self._bal[:na]
+        levels = tuple(_check_int(lv, "margin-call level") for lv in levels_r)
+        _, acct, value, notional, mm, _ = self._position_terms(px)
+        with np.errstate(all="ignore"):
+            iso = (flags & _F_ISO) != 0
+            cacct = np.where(iso, np.intp(na), acct)
+
+            def per_account(w: F64) -> F64:
+                return np.bincount(cacct, w, minlength=na + 1)[:na].astype(np.float64, copy=False)
+
+            s_val, s_mm, s_n = per_account(value), per_account(mm), per_account(notional)
+            k = self._n_cross[:na].astype(np.float64)
+            equity = bal + s_val
+            quiet = quiet_mask(equity, s_mm, error_bound(np.abs(bal), s_n, k), k, mt.c_mm, levels)
+            if self._other_bal or self._n_cross_other:
+                multi = np.flatnonzero(self._multi[:na] != 0)
+                ok = np.zeros(multi.size, dtype=np.bool_)
+                for i, r in enumerate(multi.tolist()):
+                    held = self._other_bal.get(r, {})
+                    ok[i] = self._n_cross[r] == 0 and bal[r] >= 0 and all(v >= 0 for v in held.values())
+                quiet[multi] = ok
+            iso_idx = np.flatnonzero(iso & ((flags & _F_LIVE) != 0))
+            ib = self._iso_bal[iso_idx]
+            ones = np.ones(iso_idx.size)
+            ierr = error_bound(np.abs(ib), notional[iso_idx], ones)
+            iquiet = quiet_mask(ib + value[iso_idx], mm[iso_idx], ierr, ones, mt.c_mm, levels)
+        ids = self.account_ids
+        syms = mt.symbols
+        quiet_names: list[str] = []
+        loud_names: list[str] = []
+        for r, q in zip(range(na), quiet.tolist(), strict=True):
+            (quiet_names if q else loud_names).append(ids[r])
+        for slot, q in zip(iso_idx.tolist(), iquiet.tolist(), strict=True):
+            leg = _LEGS[int(flags[slot]) >> _LEG_SHIFT]
+            name = isolated_holder(ids[int(self._acct[slot])], syms[int(self._mkt[slot])], leg)
+            (quiet_names if q else loud_names).append(name)
+        quiet_names.sort()
+        loud_names.sort()
+        return BucketScreen(quiet=quiet_names, loud=loud_names)
+
     def compute(
         self,
         marks: Mapping[str, int] | None = None,
@@ -744,62 +976,30 @@ class BookColumns:
         n, na = self.n_slots, len(self.account_ids)
         st = state if state is not None else self.state
         flags = self._flags[:n]
-        mkt = self._mkt[:n].astype(np.intp)
-        acct = self._acct[:n].astype(np.intp)
         size, bal = self._size[:n], self._bal[:na]
-        # A market without a mark has no live position (checked above); its placeholder 1.0 only
-        # meets free slots, whose size 0 keeps every term exactly 0 (NaN would poison row 0).
-        marks_f = np.array([1.0 if p is None else float(p) for p in px], dtype=np.float64)
+        imf = self._dydx_imf(px, st.long_oi_sz if st is not None else self.long_oi_sz) if mt.dydx else None
+        b = self._blocked_pass(px, imf, initial=initial)
+        value, notional, mm, bracket, im, upnl = b.value, b.notional, b.mm, b.bracket, b.im, b.upnl
+        iso, iso_eq, iso_ratio, iso_liq, iso_init = b.iso, b.iso_eq, b.iso_ratio, b.iso_liq, b.iso_init
+        s_val, s_mm, s_im, s_n = b.s_val, b.s_mm, b.s_im, b.s_n
         with np.errstate(all="ignore"):
-            uv = mt.unit_values(marks_f)
-            value = size * uv[mkt]
-            notional = np.abs(value)
-            mm, bracket = bracket_terms(mt, mkt, notional)
-            if mt.dydx:
-                imf = self._dydx_imf(px, st.long_oi_sz if st is not None else self.long_oi_sz)
-                im = notional * np.maximum(imf[mkt], self._inv_lev[:n])
-            else:
-                im = notional * self._inv_lev[:n]
-            if mt.c_im > 1:
-                im += notional * mt.fee[mkt]
-            upnl = value - self._cost[:n]
-            iso = (flags & _F_ISO) != 0
-            cacct = np.where(iso, np.intp(na), acct)  # isolated slots sum into a discarded bin
-
-            def per_account(w: F64) -> F64:
-                return np.bincount(cacct, w, minlength=na + 1)[:na].astype(np.float64, copy=False)
-
-            s_val, s_mm, s_im, s_n = per_account(value), per_account(mm), per_account(im), per_account(notional)
             k = self._n_cross[:na].astype(np.float64)
             equity = bal + s_val
             err = error_bound(np.abs(bal), s_n, k)
             cross_liq, band = decide(equity - s_mm, err, k, mt.c_mm, initial=False)
             multi = self._multi[:na] != 0
             need = band | (multi & (k > 0))
-            iso_idx = np.flatnonzero(iso)
-            iso_eq = np.full(n, np.nan)
-            iso_eq[iso_idx] = self._iso_bal[iso_idx] + value[iso_idx]
-            ones = np.ones(iso_idx.size)
-            ierr = error_bound(np.abs(self._iso_bal[iso_idx]), notional[iso_idx], ones)
-            iyes, iband = decide(iso_eq[iso_idx] - mm[iso_idx], ierr, ones, mt.c_mm, initial=False)
-            iso_liq = np.zeros(n, dtype=np.bool_)
-            iso_liq[iso_idx] = iyes
-            need[acct[iso_idx[iband]]] = True
+            need[b.iso_need] = True
             init_ok: npt.NDArray[np.bool_] | None = None
-            iso_init: npt.NDArray[np.bool_] | None = None
             if initial:
                 init_ok, iband_c = decide(equity - s_im, err, k, mt.c_im, initial=True)
                 need |= iband_c | multi
-                i_yes, i_band = decide(iso_eq[iso_idx] - im[iso_idx], ierr, ones, mt.c_im, initial=True)
-                iso_init = np.zeros(n, dtype=np.bool_)
-                iso_init[iso_idx] = i_yes
-                need[acct[iso_idx[i_band]]] = True
             equity = np.where(multi, np.nan, equity)
             ratio = _ratio(s_mm, equity)
-            iso_ratio = np.full(n, np.nan)
-            iso_ratio[iso_idx] = _ratio(mm[iso_idx], iso_eq[iso_idx])
             lp: F64 | None = None
             if liq_prices:
+                mkt = self._mkt[:n].astype(np.intp)
+                acct = self._acct[:n].astype(np.intp)
                 single = ~multi & (self._n_cross[:na] == 1)
                 cand = np.flatnonzero(((flags & _F_LIVE) != 0) & (iso | single[acct]))
                 b_c = np.where(iso[cand], self._iso_bal[cand], bal[acct[cand]])
@@ -838,7 +1038,7 @@ class BookColumns:
                 res.undecided = sorted(self.account_ids[r] for r in rows)
             else:
                 self._recheck(res, st, px, rows)
-        res.liquidatable[acct[np.flatnonzero(res.iso_liquidatable)]] = True
+        res.liquidatable[self._acct[:n][np.flatnonzero(res.iso_liquidatable)]] = True
         return res
 
     def _recheck(self, res: BatchRisk, state: EngineState, px: list[int | None], rows: npt.NDArray[np.intp]) -> None:
@@ -890,6 +1090,7 @@ class BookColumns:
             accounts=accounts,
             ledger=Ledger(balances),
             long_oi_sz=state.long_oi_sz,
+            prices=state.prices,
         )
 
     def _write_exact(self, res: BatchRisk, row: int, ar: AccountRisk) -> None:

@@ -75,6 +75,7 @@ __all__ = [
     "decide",
     "error_bound",
     "liquidation_prices",
+    "quiet_mask",
     "staged_bracket_terms",
 ]
 
@@ -330,6 +331,39 @@ def decide(d_f: F64, err: F64, k: F64, slop: int, *, initial: bool) -> tuple[BAr
             yes = has & (d_f + err < 1.0)
             no = ~has | (d_f - err >= slop * k + 1.0)
     return yes, ~(yes | no)
+
+
+def quiet_mask(equity_f: F64, req_f: F64, err: F64, k: F64, slop: int, levels_r: tuple[int, ...]) -> BArr:
+    """Buckets the exact path certainly finds with equity ≥ 0, not liquidatable, below every level.
+
+    ``equity_f`` (``E_f``) and ``req_f`` (``X_f``, the real maintenance requirement) are the
+    screened floats, ``err`` the bound of :func:`error_bound` (which covers
+    ``|E_f − E| + |X_f − X|``), ``k`` the positions and ``slop`` the ceilings per position. With
+    the exact ``E_int = floor(E)`` and ``MM_int < X + slop·k``:
+
+    * equity ≥ 0 (``E_int ≥ 0 ⇔ E ≥ 0``): certain when ``E_f − err ≥ 0``;
+    * not liquidatable: certain when ``k = 0`` or ``D_f − err ≥ slop·k + 1`` (as :func:`decide`);
+    * level ``L`` (rate quanta, ``S = 1e9``) not reached, i.e. ``L·E_int − S·MM_int > 0``: that
+      quantity exceeds ``G − L − S·slop·k`` with ``G = L·E − S·X``, so it is certain when
+      ``G_f − err_G ≥ L + S·slop·k``, ``G_f = fl(fl(L·E_f) − fl(S·X_f))`` and
+      ``err_G = S·err + 2^-51·(L·|E_f| + S·|X_f|)`` (``S·err`` bounds the inputs' error since
+      ``L < S``; the three roundings add at most ``2^-53·(L·|E_f| + S·|X_f| + |G_f|)``, which
+      the doubled coefficient covers together with the bound's own roundings).
+
+    A bucket with ``k = 0`` only needs the first. NaN or infinite inputs are never quiet.
+    """
+    with np.errstate(invalid="ignore", over="ignore"):
+        ok = equity_f - err >= 0.0
+        has = k > 0
+        d_f = equity_f - req_f
+        far = d_f - err >= slop * k + 1.0
+        scale = float(RATE_SCALE)
+        for lv in levels_r:
+            g_f = float(lv) * equity_f - scale * req_f
+            err_g = scale * err + 2.0 * ERR_UNIT * (float(lv) * np.abs(equity_f) + scale * np.abs(req_f))
+            far &= g_f - err_g >= float(lv) + scale * slop * k
+        quiet: BArr = ok & (~has | far)
+    return quiet
 
 
 def liquidation_prices(mt: MarketTable, mkt: IArr, size: F64, balance: F64) -> F64:
