@@ -4,7 +4,8 @@ Usage::
 
     .venv/bin/python -m benchmarks                 # all modules, 3 processes each, writes docs/benchmarks.md
     .venv/bin/python -m benchmarks --processes 5   # more processes
-    .venv/bin/python -m benchmarks --only calc     # modules whose name contains "calc" (comma-separated list allowed)
+    .venv/bin/python -m benchmarks --only calc     # modules whose name contains "calc" (comma-separated list
+                                                   # allowed); replaces only their sections of the doc
     .venv/bin/python -m benchmarks --quick         # short runs (smoke), does not write the doc
 
 Ratios are taken between rows of the same process and then summarised (median of the
@@ -66,7 +67,35 @@ def main() -> None:
     text = header + "\n".join(sections)
     print(text)
     if not args.quick:
-        Path(args.out).write_text(text, encoding="utf-8")
+        out = Path(args.out)
+        if args.only is not None and out.exists():
+            text = merge_sections(out.read_text(encoding="utf-8"), sections)
+        out.write_text(text, encoding="utf-8")
+
+
+def merge_sections(existing: str, sections: list[str]) -> str:
+    """``existing`` with each of ``sections`` replacing the ``## name`` section of the same name.
+
+    A section runs from its ``## `` heading to the next ``## `` heading; sections not in the
+    file are appended. So ``--only`` refreshes its modules and keeps every other module's
+    results (and hand-written sections) as they were.
+    """
+    parts: list[list[str]] = [[]]
+    for line in existing.splitlines(keepends=True):
+        if line.startswith("## "):
+            parts.append([])
+        parts[-1].append(line)
+    blocks = ["".join(p) for p in parts]
+    for sec in sections:
+        heading = sec.strip().splitlines()[0]
+        body = sec.strip("\n") + "\n\n"
+        for i, b in enumerate(blocks):
+            if b.startswith(heading + "\n"):
+                blocks[i] = body
+                break
+        else:
+            blocks.append(body)
+    return "".join(blocks)
 
 
 def _section(mod: str, runs: list[list[dict[str, object]]]) -> str:
