@@ -620,7 +620,9 @@ class Engine:
         st = self.state
         m = self._market(cmd.symbol)
         settle = st.assets[m.settle_asset]
-        price = to_quanta(cmd.price, m.price_decimals, field="price", positive=True)
+        # zero and negative fill prices only on a market that allows them (incidents.md C5)
+        signed = self.prices.allows_negative(m.symbol)
+        price = to_quanta(cmd.price, m.price_decimals, field="price", positive=not signed)
         if price % m.tick_px:
             raise InvalidNumberError("price is not a multiple of the tick", price=cmd.price, symbol=m.symbol)
         size = to_quanta(cmd.size, m.size_decimals, field="size", positive=True)

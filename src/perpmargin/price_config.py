@@ -28,7 +28,8 @@ funding:  ``interval_hours`` [8], ``base_interval_hours`` [8], ``interest`` ["0.
           | "mark"], ``impact_notional`` ["auto" = ``impact_base`` / IMR at max leverage, or an
           amount in settle units], ``impact_base`` ["200"], ``sample_ms`` [5000],
           ``averaging`` ["linear" | "simple"], ``pad_to`` [none], ``settlement`` ["timestamp"
-          | "index"], ``payment_price`` ["mark" | "index"].
+          | "index"], ``payment_price`` ["mark" | "index"]. On an inverse market ``impact_notional``
+          and ``impact_base`` are in the quote currency (Binance COIN-M: 200 USD / IMR).
 bands:    ``enabled`` [true], ``max_move`` ["0.15"], ``window_ms`` [300000], ``action``
           ["reduce_only" | "halt"], ``cooloff_ms`` [300000].
 """
@@ -491,8 +492,11 @@ def price_rules_from_dict(
     Raises
     ------
     ConfigError
-        Unknown keys or enum values, TOML floats, inconsistent parameters, or an ``index``
-        settlement on an inverse market (the cumulative index is defined for linear contracts).
+        Unknown keys or enum values, TOML floats, inconsistent parameters, or ``allow_negative``
+        on an inverse market (its value ``contracts × size / price`` has no meaning at a price
+        ≤ 0). (Both settlement
+        modes work on linear and inverse markets; an inverse market's cumulative index is kept in
+        fixed point, see :func:`~perpmargin.math.funding.inverse_funding_index_delta`.)
     """
     try:
         venue = _section(data, "prices", "")
@@ -504,11 +508,8 @@ def price_rules_from_dict(
             t = market_tables.get(symbol, {})
             t = t if isinstance(t, Mapping) else {}
             rules = _market_rules(t, default, f"markets.{symbol}")
-            if rules.funding.settlement is SettlementMode.INDEX and markets[symbol].kind.value != "linear":
-                if "settlement" in _section(t, "funding", f"markets.{symbol}"):
-                    raise ConfigError("index funding settlement needs a linear market", symbol=symbol)
-                # A venue default does not apply to an inverse market: it settles at timestamps.
-                rules = replace(rules, funding=replace(rules.funding, settlement=SettlementMode.TIMESTAMP))
+            if rules.oracle.allow_negative and markets[symbol].kind.value != "linear":
+                raise ConfigError("negative prices need a linear market (an inverse value is 1/price)", symbol=symbol)
             out_markets[symbol] = rules
         asset_tables = _section(data, "assets", "")
         out_assets: dict[str, OracleConfig] = {}

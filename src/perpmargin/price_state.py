@@ -8,7 +8,8 @@ never used the price subsystem hashes as before.
 
 Units: prices in the market's (or asset's) price quanta ``_px``, rates in rate quanta ``_r``,
 times in ms. The cumulative funding index ``cum_index`` is in rate quanta × price quanta per
-size quantum (exact: ``Σ_k F_k × p_k``), see :func:`pending_funding_owed_q`.
+size quantum (exact: ``Σ_k F_k × p_k``) on linear markets, and ``Σ_k F_k / p_k`` in fixed
+point (× ``INVERSE_INDEX_SCALE``) on inverse ones; see :func:`pending_funding_owed_q`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-from perpmargin.config import Market
+from perpmargin.config import ContractKind, Market
+from perpmargin.math.funding import inverse_funding_owed_from_index_q
 from perpmargin.math.smoothing import DecayingEma, DecayKind, TimeWeightedAverage
 from perpmargin.numbers import RATE_SCALE, Rounding, div_round, pow10
 
@@ -281,14 +283,27 @@ def pending_funding_owed_q(
         owed = ceil( size × multiplier × (cum_index − position_index) × 10^settle_decimals
                      / (RATE_SCALE × 10^(price_decimals + size_decimals)) )
 
-    (linear contracts; positive = the account owes). Rounded once, against the account (a debit
-    up, a credit down), exactly as the settlement will book it, so equity that includes pending
-    funding equals equity after settling it. Zero whenever the two indices are equal (every
-    market with timestamp settlement, whose index stays 0).
+    (linear contracts; positive = the account owes). Inverse contracts keep ``Σ F_k / p_k`` in
+    fixed point (:func:`~perpmargin.math.funding.inverse_funding_index_delta`) and owe
+    ``ceil(size × multiplier × Δindex × 10^(price_decimals + settle_decimals) / (RATE_SCALE ×
+    INVERSE_INDEX_SCALE × 10^size_decimals))`` in the settle coin. Rounded once, against the
+    account (a debit up, a credit down), exactly as the settlement will book it, so equity that
+    includes pending funding equals equity after settling it. Zero whenever the two indices are
+    equal (every market with timestamp settlement, whose index stays 0).
     """
     delta = cum_index - position_index
     if delta == 0 or size_sz == 0:
         return 0
+    if market.kind is ContractKind.INVERSE:
+        return inverse_funding_owed_from_index_q(
+            size_sz,
+            cum_index,
+            position_index,
+            multiplier=market.contract_multiplier,
+            price_decimals=market.price_decimals,
+            size_decimals=market.size_decimals,
+            settle_decimals=settle_decimals,
+        )
     cm = market.contract_multiplier
     num = size_sz * delta * cm.numerator * pow10(settle_decimals)
     den = RATE_SCALE * cm.denominator * pow10(market.price_decimals + market.size_decimals)

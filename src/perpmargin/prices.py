@@ -22,8 +22,10 @@ Commands (:mod:`perpmargin.commands`) and the events they emit
     on a quorum of agreeing fresh sources.
 ``BookUpdate``
     Best bid/ask, last, external perp mid, and impact prices (given, or computed from book
-    levels at the impact notional): feeds the mark smoothers and the premium samples, then
-    recomputes the mark. Events: ``MarkUpdated`` (below).
+    levels at the impact notional: linear books by notional ``price × size × multiplier``,
+    inverse books by contracts up to ``IMN_USD / contract_size``, the impact price being the USD
+    paid per coin received, Binance COIN-M's "200 USD / IMR"): feeds the mark smoothers and the
+    premium samples, then recomputes the mark. Events: ``MarkUpdated`` (below).
 Mark (after a valid index or a book update)
     By rule: ``binance``: ``median(P1, P2, last)``, ``P1 = index × (1 + F_last × t_next /
     interval)``, ``P2 = index + TWAP(mid − index)``; without a fresh last price ``P2``,
@@ -43,10 +45,13 @@ Funding (on every command, before its handler: each boundary ``ts`` has crossed)
     from ``(mark − index)/index``, only while the index is valid and the mark not divergent)
     are averaged (linear ``Σ i·P_i/Σ i`` or simple, zero-padded), ``F = P̄ + clamp(I − P̄, ±c)``
     (or ``P̄ + I``), normalised by ``interval/8`` and capped (``FundingRateSet``). Timestamp
-    settlement pays ``size × price × F`` through the market's pool ``@funding#SYMBOL``: payers
-    rounded up, receivers down, the residue to ``@rounding`` (``FundingSettled``); index
-    settlement adds ``F × price`` to the market's cumulative index (``FundingIndexUpdated``)
-    and each position settles on touch (fill, withdrawal, ``SettleFunding``). An interval with
+    settlement pays ``sign(size) × notional × F`` (linear ``|size × price|``, inverse
+    ``contracts × contract_size / price`` in the coin) through the market's pool
+    ``@funding#SYMBOL``: payers rounded up, receivers down, the residue to ``@rounding``
+    (``FundingSettled``); index settlement adds ``F × |price|`` (inverse: ``F / price`` in fixed
+    point, :func:`~perpmargin.math.funding.inverse_funding_index_delta`) to the market's
+    cumulative index (``FundingIndexUpdated``) and each position settles on touch (fill,
+    withdrawal, ``SettleFunding``). An interval with
     a degraded or stale index, a divergent mark or no sample pays nothing (``FundingSkipped``).
     ``FundingTick`` is a command that carries only time.
 Operator overrides (each needs ``actor`` and ``reason``, both in the event)
@@ -55,6 +60,22 @@ Operator overrides (each needs ``actor`` and ``reason``, both in the event)
     every position at the settlement price, zero-sum with the residue to ``@rounding``;
     ``MarketDelisted`` and ``PositionSettled``), ``SetPriceBands`` (``PriceBandsSet``),
     ``DisablePriceBands`` (``PriceBandsDisabled`` and an ``Alarm``).
+
+Signed markets (incidents.md C5)
+--------------------------------
+A linear market with ``[markets.X.oracle] allow_negative = true`` accepts zero and negative
+index, mark, book prices and fills (:meth:`PriceDesk.allows_negative`); every relative test
+uses ``|reference|`` (jump, deviation, divergence, bands, premium), Binance's P1 is ``index +
+|index| × F × t / interval``, and funding is charged on ``|size × price|`` so longs pay a
+positive rate on either side of zero. A zero index publishes but takes no premium sample.
+Other markets reject ``price ≤ 0`` prints (``out_of_domain``) and fills.
+
+Hot path
+--------
+``OracleUpdate`` parses plain decimal prints without ``Decimal`` (and remembers recent prints),
+aggregates pre-validated rows with integer-only decisions
+(:func:`~perpmargin.math.oracle.aggregate_rows`), keeps the mark in ints unless a rate or a basis
+brings a fraction in, and trims the band deques by index: see ``benchmarks/bench_prices.py``.
 
 Trusted legacy prices
 ---------------------
@@ -76,6 +97,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterable
 from fractions import Fraction
+from itertools import pairwise
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -108,13 +130,15 @@ from perpmargin.math.funding import (
     funding_rate_r,
     impact_notional_q,
     impact_price,
+    impact_price_inverse,
+    inverse_funding_index_delta,
     premium_from_mark_r,
     premium_index_r,
     prorate_rate_r,
     quote_to_pxsz,
     settle_funding_values,
 )
-from perpmargin.math.oracle import OracleGuards, OracleStatus, SourceQuote, aggregate_index, divergence_exceeds
+from perpmargin.math.oracle import OracleGuards, OracleStatus, QuoteRow, aggregate_rows, divergence_exceeds
 from perpmargin.math.smoothing import DecayingEma, TimeWeightedAverage
 from perpmargin.numbers import RATE_SCALE, Rounding, div_round, parse_decimal, pow10, to_quanta
 from perpmargin.price_config import (
@@ -155,7 +179,10 @@ ACTIONS: Final = ("open", "reduce", "liquidate", "margin", "funding", "trigger")
 _LEGS: Final = (Leg.BOTH, Leg.LONG, Leg.SHORT)
 _MS_FIELDS: Final = tuple(MarketPriceState.__slots__)
 _ms_values = attrgetter(*_MS_FIELDS)
+_I_FUNDING_START: Final = _MS_FIELDS.index("funding_start_ms")
+_I_STATUS_UNTIL: Final = _MS_FIELDS.index("status_until_ms")
 _FAR_FUTURE: Final = 1 << 62
+_PX_CACHE_SIZE: Final = 1 << 16
 _MAX_TEXT: Final = 200
 
 
@@ -209,12 +236,36 @@ class TxLike(Protocol):
     def account(self, account_id: str) -> Account: ...
 
 
-def _median3(a: Fraction, b: Fraction, c: Fraction) -> Fraction:
+def _median3(a: Fraction | int, b: Fraction | int, c: Fraction | int) -> Fraction | int:
     return sorted((a, b, c))[1]
 
 
-def _round_px(x: Fraction) -> int:
+def _round_px(x: Fraction | int) -> int:
+    if type(x) is int:
+        return x
+    assert isinstance(x, Fraction)
     return div_round(x.numerator, x.denominator, Rounding.HALF_EVEN)
+
+
+def _fast_quanta(value: object, decimals: int) -> int | None:
+    """``value × 10^decimals`` for a plain decimal string ``[-]digits[.digits]`` with at most
+    ``decimals`` fraction digits and fewer than 31 integer digits (exact; the common case of an
+    oracle print); ``None`` for anything else, which then takes the general parser
+    (:func:`~perpmargin.numbers.to_quanta`) and gets the same value or the same refusal."""
+    if type(value) is not str:
+        return None
+    head, dot, frac = value.partition(".")
+    neg = head[:1] == "-"
+    if neg:
+        head = head[1:]
+    n = len(frac)
+    if not head or len(head) > 30 or (dot and not 0 < n <= decimals):
+        return None
+    digits = head + frac
+    if not (digits.isdigit() and digits.isascii()):
+        return None
+    q = int(digits) * pow10(decimals - n)
+    return -q if neg else q
 
 
 def _text(value: object, name: str) -> str:
@@ -231,6 +282,12 @@ class PriceDesk:
         self.state = engine.state
         self.watch = RemarkWatch(self.state)
         self._guards: dict[tuple[str, str], OracleGuards] = {}
+        self._weight_maps: dict[int, tuple[OracleConfig, dict[str, int]]] = {}
+        self._source_names: set[str] = set()
+        self._px_cache: dict[int, dict[str, int]] = {}
+        """Per price precision: plain decimal text → quanta (a cache of a pure conversion; prints
+        repeat, prices move on a tick grid). Cleared when it reaches ``_PX_CACHE_SIZE`` entries."""
+        """Source names already found valid (a cache: names repeat on every update)."""
         self._next_due: int | None = None
 
     def handlers(self) -> dict[type[Command], Callable[[Any, Any], Events]]:
@@ -302,6 +359,11 @@ class PriceDesk:
             raise InvalidInputError("unknown price action", action=action, allowed=list(ACTIONS))
         return action in _ALLOWED[self.asset_price_validity(asset, now_ms)]
 
+    def allows_negative(self, symbol: str) -> bool:
+        """Whether ``symbol``'s prices may be zero or negative (``[markets.X.oracle] allow_negative``,
+        linear markets only; incidents.md C5). Then index, mark, book prices and fills may be ≤ 0."""
+        return self.rules(symbol).oracle.allow_negative
+
     def market_status(self, symbol: str) -> MarketStatus:
         """Operational status of ``symbol``."""
         ms = self.state.prices.markets.get(symbol)
@@ -313,7 +375,8 @@ class PriceDesk:
         return None if ms is None else ms.feed.index_px
 
     def funding_index(self, symbol: str) -> int:
-        """Cumulative funding index of ``symbol`` (rate quanta × price quanta; 0 without index settlement)."""
+        """Cumulative funding index of ``symbol`` (0 without index settlement): rate quanta × price quanta
+        on a linear market, ``Σ F/p`` × ``INVERSE_INDEX_SCALE`` (rate quanta per price quantum) on an inverse one."""
         ms = self.state.prices.markets.get(symbol)
         return 0 if ms is None else ms.cum_index
 
@@ -359,8 +422,22 @@ class PriceDesk:
         return events
 
     def committing(self, tx: TxLike) -> None:
-        """Before the engine commits: the accounts this command changed need a re-check."""
+        """Before the engine commits: the accounts this command changed need a re-check, and the
+        next due time is recomputed when a funding interval start or a cool-off end changed."""
         self._mark_touched(tx)
+        saved: dict[str, tuple[Any, ...] | None] | None = tx.scratch.get("prices.markets")
+        if saved and self._next_due is not None:
+            markets = self.state.prices.markets
+            for symbol, values in saved.items():
+                ms = markets.get(symbol)
+                if (
+                    values is None
+                    or ms is None
+                    or values[_I_FUNDING_START] != ms.funding_start_ms
+                    or values[_I_STATUS_UNTIL] != ms.status_until_ms
+                ):
+                    self._next_due = None
+                    break
 
     def before_fill(self, tx: TxLike, market: Market, ts_ms: int, parties: Iterable[str]) -> Events:
         """Refuse a fill on a halted or delisted market; settle pending index funding of both sides."""
@@ -451,7 +528,6 @@ class PriceDesk:
         if ms is None:
             ms = MarketPriceState()
             markets[symbol] = ms
-        self._next_due = None
         return ms
 
     def _restore_markets(self, saved: dict[str, tuple[Any, ...] | None]) -> None:
@@ -526,41 +602,76 @@ class PriceDesk:
             self._guards[(kind, name)] = g
         return g
 
-    @staticmethod
+    def _weights(self, cfg: OracleConfig) -> dict[str, int]:
+        w = self._weight_maps.get(id(cfg))
+        if w is None or w[0] is not cfg:
+            w = (cfg, dict(cfg.weights))
+            self._weight_maps[id(cfg)] = w
+        return w[1]
+
     def _parse_quotes(
-        raw: tuple[tuple[Any, ...], ...], decimals: int, cfg: OracleConfig
-    ) -> tuple[list[SourceQuote], list[tuple[str, str]]]:
-        """Quotes as :class:`SourceQuote`; values that are not numbers come back as ``(source, text)``."""
+        self, raw: tuple[tuple[Any, ...], ...], decimals: int, cfg: OracleConfig
+    ) -> tuple[list[QuoteRow], list[tuple[str, str]]]:
+        """Quotes as rows ``(source, price_px, ts_ms, weight, confidence_px)`` for
+        :func:`~perpmargin.math.oracle.aggregate_rows`; values that are not numbers come back as
+        ``(source, text)``. Prices round half-even to the quantum, confidences up."""
         if not isinstance(raw, tuple) or not raw:
             raise InvalidInputError("an oracle update needs at least one quote")
-        quotes: list[SourceQuote] = []
+        weights = self._weights(cfg)
+        names = self._source_names
+        cache = self._px_cache.get(decimals)
+        if cache is None:
+            cache = self._px_cache[decimals] = {}
+        rows: list[QuoteRow] = []
         bad: list[tuple[str, str]] = []
-        seen: set[str] = set()
         for q in raw:
-            if not isinstance(q, tuple) or len(q) not in (3, 4):
+            if type(q) is not tuple or not 3 <= len(q) <= 4:
                 raise InvalidInputError("a quote is (source, price, source_ts_ms[, confidence])", quote=repr(q))
             source, price, ts = q[0], q[1], q[2]
             conf = q[3] if len(q) == 4 else None
-            if not isinstance(source, str) or not source or len(source) > 64 or not source.isprintable():
-                raise InvalidInputError("a quote's source must be a short printable name", source=repr(source))
-            if source in seen:
-                raise InvalidInputError("a source may quote at most once per update", source=source)
-            seen.add(source)
-            if isinstance(ts, bool) or not isinstance(ts, int):
+            if type(source) is not str or source not in names:  # (the type first: a set needs hashable keys)
+                if type(source) is not str or not source or len(source) > 64 or not source.isprintable():
+                    raise InvalidInputError("a quote's source must be a short printable name", source=repr(source))
+                if len(names) >= 4096:
+                    names.clear()
+                names.add(source)
+            if type(ts) is not int:
                 raise InvalidNumberError("a quote's timestamp must be integer ms", source=source, ts=repr(ts))
-            for value in (price, conf):
-                if value is not None and (isinstance(value, bool) or not isinstance(value, str | int)):
-                    raise InvalidNumberError(
-                        "quote prices must be decimal strings (floats are refused)", source=source, value=repr(value)
-                    )
-            try:
-                px = to_quanta(price, decimals, field="price", rounding=Rounding.HALF_EVEN)
-                cpx = None if conf is None else to_quanta(conf, decimals, field="confidence", rounding=Rounding.CEIL)
-            except InvalidNumberError:
-                bad.append((source, str(price)))
-                continue
-            quotes.append(SourceQuote(source, px, ts, cfg.weight(source), cpx))
-        return quotes, bad
+            px = cache.get(price) if type(price) is str else None
+            if px is None:
+                px = _fast_quanta(price, decimals)
+                if px is not None:
+                    if len(cache) >= _PX_CACHE_SIZE:
+                        cache.clear()
+                    cache[price] = px
+            if px is None or (conf is not None and type(conf) is not str):
+                for value in (price, conf):
+                    if value is not None and (isinstance(value, bool) or not isinstance(value, str | int)):
+                        raise InvalidNumberError(
+                            "quote prices must be decimal strings (floats are refused)",
+                            source=source,
+                            value=repr(value),
+                        )
+                try:
+                    px = to_quanta(price, decimals, field="price", rounding=Rounding.HALF_EVEN)
+                except InvalidNumberError:
+                    bad.append((source, str(price)))
+                    continue
+            cpx = None
+            if conf is not None:
+                cpx = _fast_quanta(conf, decimals)
+                if cpx is None:
+                    try:
+                        cpx = to_quanta(conf, decimals, field="confidence", rounding=Rounding.CEIL)
+                    except InvalidNumberError:
+                        bad.append((source, str(price)))
+                        continue
+            rows.append((source, px, ts, weights.get(source, 1), cpx))
+        if len(raw) > 1 and len({q[0] for q in raw}) != len(raw):
+            dup = sorted(q[0] for q in raw)
+            source = next(a for a, b in pairwise(dup) if a == b)
+            raise InvalidInputError("a source may quote at most once per update", source=source)
+        return rows, bad
 
     def _oracle_update(self, tx: TxLike, cmd: OracleUpdate) -> Events:
         if (cmd.symbol is None) == (cmd.asset is None):
@@ -579,39 +690,53 @@ class PriceDesk:
             kind, name, decimals = "asset", asset.name, asset.price_decimals
             cfg = st.price_rules.asset(name)
             feed = st.prices.assets.get(name) or FeedState()
-        quotes, bad = self._parse_quotes(cmd.quotes, decimals, cfg)
+        rows, bad = self._parse_quotes(cmd.quotes, decimals, cfg)
         guards = self._guard(kind, name, cfg, decimals)
         ts = cmd.ts_ms
         anchor = feed.index_px
         if anchor is not None and feed.fresh_until_ms is not None and ts > feed.fresh_until_ms:
             anchor = None  # a stale anchor is no reference: re-anchor on a fresh quorum
-        result = aggregate_index(quotes, now_ms=ts, guards=guards, last_index_px=anchor)
+        result = aggregate_rows(rows, now_ms=ts, guards=guards, last_index_px=anchor)
         events: Events = []
-        rejects = dict(feed.rejects)
-        by_source = {q.source: q for q in quotes}
-        raw_price = {str(q[0]): str(q[1]) for q in cmd.quotes}
-        rejected = [(s, r.value, raw_price[s]) for s, r in result.rejected]
-        rejected += [(s, "out_of_domain", text) for s, text in bad]
-        for source, reason, text in sorted(rejected):
-            key = f"{source}/{reason}"
-            rejects[key] = rejects.get(key, 0) + 1
-            events.append(
-                ("SourceRejected", {"kind": kind, "target": name, "source": source, "reason": reason, "value": text})
-            )
-            if reason == "out_of_domain":  # a value no market can have: a feed bug, alarm (C5)
+        rejects = feed.rejects
+        if result.rejected or bad:
+            rejects = dict(rejects)
+            raw_price = {str(q[0]): str(q[1]) for q in cmd.quotes}
+            rejected = [(s, r.value, raw_price[s]) for s, r in result.rejected]
+            rejected += [(s, "out_of_domain", text) for s, text in bad]
+            for source, reason, text in sorted(rejected):
+                key = f"{source}/{reason}"
+                rejects[key] = rejects.get(key, 0) + 1
                 events.append(
                     (
-                        "Alarm",
-                        {"code": "oracle_out_of_domain", "kind": kind, "target": name, "source": source, "value": text},
+                        "SourceRejected",
+                        {"kind": kind, "target": name, "source": source, "reason": reason, "value": text},
                     )
                 )
+                if reason == "out_of_domain":  # a value no market can have: a feed bug, alarm (C5)
+                    events.append(
+                        (
+                            "Alarm",
+                            {
+                                "code": "oracle_out_of_domain",
+                                "kind": kind,
+                                "target": name,
+                                "source": source,
+                                "value": text,
+                            },
+                        )
+                    )
+            n_rejected = len(rejected)
+        else:
+            n_rejected = 0
         if result.status is OracleStatus.VALID:
             assert result.price_px is not None
             price = result.price_px
             if cfg.floor is not None:
                 price = max(price, to_quanta(cfg.floor, decimals, field="floor", rounding=Rounding.CEIL))
-            used_ts = sorted((by_source[s].ts_ms for s in result.used), reverse=True)
+            used_ts = sorted(result.used_ts_ms, reverse=True)
             fresh_until = used_ts[min(guards.quorum, len(used_ts)) - 1] + guards.staleness_ms
+            # the rejection counters are shared with the old feed until they change (never mutated)
             new_feed = FeedState(FeedStatus.VALID, price, fresh_until, ts, rejects)
             events.append(
                 (
@@ -621,7 +746,7 @@ class PriceDesk:
                         "target": name,
                         "price_px": price,
                         "used": list(result.used),
-                        "rejected": len(rejected),
+                        "rejected": n_rejected,
                     },
                 )
             )
@@ -651,9 +776,9 @@ class PriceDesk:
         ms = self._ms(tx, name)
         ms.feed = new_feed
         if new_feed.status is FeedStatus.VALID:
-            fcfg = self.rules(name).funding
             if ms.funding_start_ms is None:
-                ms.funding_start_ms = ts - ts % fcfg.interval_ms
+                interval = self.rules(name).funding.interval_ms
+                ms.funding_start_ms = ts - ts % interval
             self._publish_mark(tx, name, ms, ts, events)
         return events
 
@@ -662,12 +787,13 @@ class PriceDesk:
     def _px(self, value: str | None, market: Market, name: str) -> int | None:
         if value is None:
             return None
-        return to_quanta(value, market.price_decimals, field=name, positive=True)
+        signed = self.allows_negative(market.symbol)
+        return to_quanta(value, market.price_decimals, field=name, positive=not signed)
 
     def _exact_px(self, value: str | None, market: Market, name: str) -> Fraction | None:
         if value is None:
             return None
-        d = parse_decimal(value, field=name, positive=True)
+        d = parse_decimal(value, field=name, positive=not self.allows_negative(market.symbol))
         return Fraction(d) * pow10(market.price_decimals)
 
     def _levels(self, raw: tuple[tuple[Any, ...], ...], market: Market, name: str) -> list[tuple[int, int]]:
@@ -684,16 +810,34 @@ class PriceDesk:
         return out
 
     def impact_notional_q(self, market: Market) -> int:
-        """The market's impact notional in settle quanta: configured, or ``impact_base / IMR`` with
-        IMR the initial margin rate at the maximum leverage (Binance: 200 USDT / 0.8 % = 25,000)."""
+        """The market's impact notional in settle quanta (linear markets): configured, or ``impact_base
+        / IMR`` with IMR the initial margin rate at the maximum leverage (Binance: 200 USDT / 0.8 % =
+        25,000). For an inverse market see :meth:`impact_notional_quote`."""
         cfg = self.rules(market.symbol).funding
         dec = self.state.assets[market.settle_asset].decimals
         if cfg.impact_notional is not None:
             return to_quanta(cfg.impact_notional, dec, field="impact_notional", rounding=Rounding.FLOOR)
-        lev = market.max_leverage
-        imr_r = div_round(RATE_SCALE * lev.denominator, lev.numerator, Rounding.CEIL)
         base = to_quanta(cfg.impact_base, dec, field="impact_base", rounding=Rounding.FLOOR)
-        return impact_notional_q(imr_r, base_notional_q=base, rounding=Rounding.FLOOR)
+        return impact_notional_q(self._imr_at_max_leverage_r(market), base_notional_q=base, rounding=Rounding.FLOOR)
+
+    @staticmethod
+    def _imr_at_max_leverage_r(market: Market) -> int:
+        lev = market.max_leverage
+        return div_round(RATE_SCALE * lev.denominator, lev.numerator, Rounding.CEIL)
+
+    def impact_notional_quote(self, market: Market) -> Fraction:
+        """An inverse market's impact notional in its **quote** currency (USD), exact.
+
+        Binance COIN-M: "IMN for COIN-Margined contracts is the notional available to trade with
+        200 USD worth of margin" (mechanics.md §6.2: ``IMN = 200 USD / IMR``, "COIN-M: 200 USD"),
+        so for inverse markets ``impact_notional`` / ``impact_base`` are read in the quote
+        currency: ``impact_base × RATE_SCALE / IMR_r`` (BTCUSD_PERP at 125x: 200 / 0.8 % =
+        25,000 USD = 250 contracts of 100 USD).
+        """
+        cfg = self.rules(market.symbol).funding
+        if cfg.impact_notional is not None:
+            return Fraction(cfg.impact_notional)
+        return Fraction(cfg.impact_base) * RATE_SCALE / self._imr_at_max_leverage_r(market)
 
     def _book_update(self, tx: TxLike, cmd: BookUpdate) -> Events:
         market = self._engine._market(cmd.symbol)
@@ -709,10 +853,6 @@ class PriceDesk:
         asks = self._levels(cmd.asks, market, "asks")
         impact_bid = self._exact_px(cmd.impact_bid, market, "impact_bid")
         impact_ask = self._exact_px(cmd.impact_ask, market, "impact_ask")
-        if (bids or asks) and (market.kind is not ContractKind.LINEAR or market.contract_multiplier != 1):
-            raise InvalidInputError(
-                "book levels need a linear market with multiplier 1; give impact prices", symbol=symbol
-            )
         ts = cmd.ts_ms
         ms = self._ms(tx, symbol)
         if bid is not None:
@@ -754,15 +894,23 @@ class PriceDesk:
                 impact_bid = self._impact(market, bids, BookSide.BID)
             if impact_ask is None and asks:
                 impact_ask = self._impact(market, asks, BookSide.ASK)
-            if impact_bid is not None or impact_ask is not None or bids or asks:
-                premium = premium_index_r(impact_bid, impact_ask, index, rounding=Rounding.HALF_EVEN)
+            # no relative premium at a zero index (signed markets): no sample
+            if (impact_bid is not None or impact_ask is not None or bids or asks) and index != 0:
+                premium = premium_index_r(impact_bid, impact_ask, index, rounding=Rounding.HALF_EVEN, signed=True)
                 self._sample_premium(ms, fcfg, ts, premium)
         return events
 
     def _impact(self, market: Market, levels: list[tuple[int, int]], side: BookSide) -> Fraction | None:
+        """Impact price of one side (price quanta, exact): linear books are walked by notional
+        ``price × size × multiplier`` (settle units), inverse books by contracts up to ``IMN_USD /
+        contract_size`` (:func:`~perpmargin.math.funding.impact_price_inverse`)."""
+        cm = market.contract_multiplier
+        if market.kind is ContractKind.INVERSE:
+            contracts = self.impact_notional_quote(market) / cm * pow10(market.size_decimals)
+            return impact_price_inverse(levels, contracts, side)
         dec = self.state.assets[market.settle_asset].decimals
         pxsz = quote_to_pxsz(
-            self.impact_notional_q(market),
+            Fraction(self.impact_notional_q(market)) / cm,
             price_decimals=market.price_decimals,
             size_decimals=market.size_decimals,
             quote_decimals=dec,
@@ -776,7 +924,7 @@ class PriceDesk:
             return None
         if last is None:
             return Fraction(b + a, 2)
-        return _median3(Fraction(b), Fraction(a), Fraction(last))
+        return Fraction(_median3(b, a, last))
 
     def _sample_premium(self, ms: MarketPriceState, cfg: FundingConfig, ts: int, premium_r: int) -> None:
         """Add one premium sample (rate quanta) if funding runs, the mark is not divergent and the
@@ -796,7 +944,8 @@ class PriceDesk:
             return None
         rules = self.rules(symbol)
         cfg = rules.mark
-        index = Fraction(ms.feed.index_px)
+        index: int = ms.feed.index_px
+        mark: Fraction | int
         book_fresh = ms.book_ts_ms is not None and ts_ms - ms.book_ts_ms <= cfg.book_staleness_ms
         comps: dict[str, Any] = {}
         if cfg.rule is MarkRule.ORACLE:
@@ -806,26 +955,31 @@ class PriceDesk:
             start = ms.funding_start_ms if ms.funding_start_ms is not None else ts_ms - ts_ms % interval
             t_next = max(0, start + interval - ts_ms)
             rate = ms.last_rate_r or 0
-            p1 = index * (1 + Fraction(rate * t_next, RATE_SCALE * interval))
+            # ints unless a rate or a basis average brings a fraction in (exact either way)
+            # P1 = index + |index| × F × t_next / interval (= index × (1 + …) for a positive index;
+            # the |index| keeps the basis' sign right below zero on a signed market)
+            p1: Fraction | int = index
+            if rate and t_next:
+                p1 = index + abs(index) * Fraction(rate * t_next, RATE_SCALE * interval)
             comps["p1"] = _round_px(p1)
-            p2: Fraction | None = None
+            p2: Fraction | int | None = None
             if ms.basis_twap is not None and ms.basis_twap.samples:
                 total, covered = ms.basis_twap.integral(ts_ms)
-                basis = Fraction(total, covered) if covered else Fraction(ms.basis_twap.samples[-1][1])
+                basis = Fraction(total, covered) if covered else ms.basis_twap.samples[-1][1]
                 p2 = index + basis
                 comps["p2"] = _round_px(p2)
-            last = Fraction(ms.last_px) if book_fresh and ms.last_px is not None else None
+            last = ms.last_px if book_fresh and ms.last_px is not None else None
             if p2 is not None and last is not None:
                 comps["last"] = ms.last_px
                 mark = _median3(p1, p2, last)
             else:
                 mark = p2 if p2 is not None else p1
         else:
-            c1 = index
+            c1: Fraction | int = index
             if ms.basis_ema is not None and ms.basis_ema.den_fx:
                 c1 = index + Fraction(ms.basis_ema.num_fx, ms.basis_ema.den_fx)
             comps["oracle_ema"] = _round_px(c1)
-            inputs: list[Fraction] = []
+            inputs: list[Fraction | int] = []
             local = self._local_median(ms) if book_fresh else None
             if local is not None:
                 inputs.append(local)
@@ -841,11 +995,11 @@ class PriceDesk:
                 if lema is not None and lema.den_fx:
                     mark = _median3(c1, inputs[0], Fraction(lema.num_fx, lema.den_fx))
                 else:
-                    mark = (c1 + inputs[0]) / 2
+                    mark = Fraction(c1 + inputs[0], 2)
             else:
                 mark = c1
         px = _round_px(mark)
-        if px <= 0:
+        if px <= 0 and not rules.oracle.allow_negative:
             px = ms.feed.index_px
         return px, comps
 
@@ -886,8 +1040,9 @@ class PriceDesk:
                 {"symbol": symbol, "price_px": mark, "index_px": index, "rule": rules.mark.rule.value, **comps},
             )
         )
-        if rules.funding.premium is PremiumSource.MARK:
-            self._sample_premium(ms, rules.funding, ts, premium_from_mark_r(mark, index, rounding=Rounding.HALF_EVEN))
+        if rules.funding.premium is PremiumSource.MARK and index != 0:
+            premium = premium_from_mark_r(mark, index, rounding=Rounding.HALF_EVEN, signed=True)
+            self._sample_premium(ms, rules.funding, ts, premium)
         if old != mark:
             self._remark(tx, ("m", symbol), mark, events)
 
@@ -908,12 +1063,19 @@ class PriceDesk:
     def _check_bands(self, symbol: str, ms: MarketPriceState, mark: int, ts: int, events: Events) -> None:
         enabled, move, window, action, cool = self.bands(symbol)
         horizon = ts - window
-        mins = [x for x in ms.band_min if x[0] >= horizon]
-        maxs = [x for x in ms.band_max if x[0] >= horizon]
-        if mins and maxs and ms.status is MarketStatus.OPEN:
-            low, high = mins[0][1], maxs[0][1]
-            up = mark * RATE_SCALE > low * (RATE_SCALE + move)
-            down = mark * RATE_SCALE < high * (RATE_SCALE - move)
+        bmin, bmax = ms.band_min, ms.band_max
+        i = 0  # the deques are in time order: drop the entries older than the window
+        while i < len(bmin) and bmin[i][0] < horizon:
+            i += 1
+        j = 0
+        while j < len(bmax) and bmax[j][0] < horizon:
+            j += 1
+        if i < len(bmin) and j < len(bmax) and ms.status is MarketStatus.OPEN:
+            low, high = bmin[i][1], bmax[j][1]
+            # a move beyond max_move × |reference| (the same test as mark > low × (1 + move) and
+            # mark < high × (1 − move) for positive prices, sign-correct below zero)
+            up = (mark - low) * RATE_SCALE > move * abs(low)
+            down = (high - mark) * RATE_SCALE > move * abs(high)
             if up or down:
                 ref = low if up else high
                 info = {
@@ -944,13 +1106,15 @@ class PriceDesk:
                     )
                     ms.band_min = ms.band_max = ((ts, mark),)
                     return
-        while mins and mins[-1][1] >= mark:
-            mins.pop()
-        mins.append((ts, mark))
-        while maxs and maxs[-1][1] <= mark:
-            maxs.pop()
-        maxs.append((ts, mark))
-        ms.band_min, ms.band_max = tuple(mins), tuple(maxs)
+        k = len(bmin)  # monotonic deques: the new mark evicts the entries it dominates
+        while k > i and bmin[k - 1][1] >= mark:
+            k -= 1
+        m = len(bmax)
+        while m > j and bmax[m - 1][1] <= mark:
+            m -= 1
+        entry = (ts, mark)
+        ms.band_min = (*bmin[i:k], entry)
+        ms.band_max = (*bmax[j:m], entry)
 
     def _reopen(self, ms: MarketPriceState, ts: int, symbol: str) -> None:
         ms.status, ms.status_until_ms, ms.status_actor, ms.status_reason = MarketStatus.OPEN, None, "", ""
@@ -1074,7 +1238,13 @@ class PriceDesk:
         if cfg.settlement is SettlementMode.TIMESTAMP:
             events.append(self._settle_timestamp(symbol, rate, price, end))
         else:
-            delta = rate * price
+            market = self.state.markets[symbol]
+            # linear: Σ F·p exactly; inverse: Σ F/p in fixed point (see inverse_funding_index_delta)
+            # (|price|: on a signed market longs still pay a positive rate below zero, incidents.md C5)
+            if market.kind is ContractKind.LINEAR:
+                delta = rate * abs(price)
+            else:
+                delta = inverse_funding_index_delta(rate, price)
             ms.cum_index += delta
             self.watch.invalidate_key(("m", symbol))
             events.append(

@@ -55,6 +55,7 @@ __all__ = [
     "BASE_INTERVAL_HOURS",
     "DEFAULT_CLAMP_R",
     "DYDX_FUNDING_PERIOD_S",
+    "INVERSE_INDEX_SCALE",
     "BookSide",
     "FundingSettlement",
     "cap_bitmex_r",
@@ -73,6 +74,10 @@ __all__ = [
     "funding_settlement_from_index_q",
     "impact_notional_q",
     "impact_price",
+    "impact_price_inverse",
+    "inverse_funding_index_delta",
+    "inverse_funding_owed_from_index_q",
+    "inverse_funding_payment_exact",
     "premium_from_mark_r",
     "premium_from_mid_r",
     "premium_index_r",
@@ -210,12 +215,59 @@ def impact_price(
     return None
 
 
+def impact_price_inverse(
+    levels: Sequence[tuple[int, int]],
+    impact_contracts_sz: Number,
+    side: BookSide,
+) -> Fraction | None:
+    """Average fill price of a market order of the impact notional on an **inverse** (coin-margined) book.
+
+    Levels are ``(price_px, contracts_sz)``. On an inverse contract the notional of ``c``
+    contracts is ``c × contract_size`` in the quote currency (USD) whatever the price, and what
+    changes hands is the coin ``c × contract_size / price``. Binance COIN-M states the impact
+    margin notional in USD: "IMN for COIN-Margined contracts is the notional available to trade
+    with 200 USD worth of margin" (``IMN = 200 USD / IMR``; mechanics.md §6.2, "COIN-M: 200
+    USD"), so the order is ``C = IMN / contract_size`` contracts (``impact_contracts_sz``, size
+    quanta, exact, may be fractional). Walking the side best first, level ``i`` contributes
+    ``c_i = min(remaining, size_i)`` contracts and ``c_i × contract_size / p_i`` coin; the
+    impact price is the quote paid per coin received::
+
+        impact price = C × contract_size / Σ_i (c_i × contract_size / p_i) = C / Σ_i (c_i / p_i)
+
+    (the contract-weighted harmonic mean of the level prices; exact ``Fraction``, price
+    quanta). ``None`` when the side's whole depth is smaller than ``C`` (premium 0).
+
+    Raises
+    ------
+    InvalidNumberError
+        On a non-positive notional, price or size.
+    """
+    _require_number("impact_contracts_sz", impact_contracts_sz)
+    wanted = Fraction(impact_contracts_sz)
+    if wanted <= 0:
+        raise InvalidNumberError("impact notional must be positive", impact_contracts=str(wanted))
+    for price, size in levels:
+        if not _is_int(price) or not _is_int(size) or price <= 0 or size <= 0:
+            raise InvalidNumberError("book levels need positive int price and size", price=price, size=size)
+    ordered = sorted(levels, key=lambda lv: lv[0], reverse=side is BookSide.BID)
+    remaining = wanted
+    coin = Fraction(0)  # Σ c_i / p_i: coin per contract_size, in size quanta / price quanta
+    for price, size in ordered:
+        take = remaining if remaining <= size else Fraction(size)
+        coin += take / price
+        remaining -= take
+        if remaining == 0:
+            return wanted / coin
+    return None
+
+
 def premium_index_r(
     impact_bid_px: Number | None,
     impact_ask_px: Number | None,
     index_px: Number,
     *,
     rounding: Rounding,
+    signed: bool = False,
 ) -> int:
     """Premium index ``P = [max(0, bid − index) − max(0, index − ask)] / index``, rate quanta.
 
@@ -224,14 +276,18 @@ def premium_index_r(
     side has no impact price (``None``: not enough depth) the premium is 0 (dYdX rule).
     Example: bid 10,100, index 10,000 → ``10_000_000`` (1 %).
 
+    ``signed=True`` (markets whose prices may be zero or negative, incidents.md C5): the
+    denominator is ``|index|``, so the premium keeps its meaning (bids above the index → positive
+    premium → longs pay) below zero; only ``index == 0`` is refused.
+
     Raises
     ------
     InvalidNumberError
-        When ``index_px <= 0``.
+        When ``index_px <= 0`` (``signed``: when ``index_px == 0``).
     """
     _require_number("index_px", index_px)
     index = Fraction(index_px)
-    if index <= 0:
+    if index == 0 or (index < 0 and not signed):
         raise InvalidNumberError("premium index needs a positive index price", index_px=str(index))
     if impact_bid_px is None or impact_ask_px is None:
         return 0
@@ -239,23 +295,26 @@ def premium_index_r(
     _require_number("impact_ask_px", impact_ask_px)
     up = max(Fraction(0), Fraction(impact_bid_px) - index)
     down = max(Fraction(0), index - Fraction(impact_ask_px))
-    return _round((up - down) * RATE_SCALE / index, rounding)
+    return _round((up - down) * RATE_SCALE / abs(index), rounding)
 
 
-def premium_from_mark_r(mark_px: Number, index_px: Number, *, rounding: Rounding) -> int:
-    """Premium of the mark over the index ``(mark − index) / index``, rate quanta, rounded once.
+def premium_from_mark_r(mark_px: Number, index_px: Number, *, rounding: Rounding, signed: bool = False) -> int:
+    """Premium of the mark over the index ``(mark − index) / |index|``, rate quanta, rounded once.
+
+    ``signed=True`` accepts a negative index (the denominator is ``|index|``, so a mark above the
+    index is a positive premium on either side of zero).
 
     Raises
     ------
     InvalidNumberError
-        When ``index_px <= 0``.
+        When ``index_px <= 0`` (``signed``: when ``index_px == 0``).
     """
     _require_number("mark_px", mark_px)
     _require_number("index_px", index_px)
     index = Fraction(index_px)
-    if index <= 0:
+    if index == 0 or (index < 0 and not signed):
         raise InvalidNumberError("premium needs a positive index price", index_px=str(index))
-    return _round((Fraction(mark_px) - index) * RATE_SCALE / index, rounding)
+    return _round((Fraction(mark_px) - index) * RATE_SCALE / abs(index), rounding)
 
 
 def premium_from_mid_r(
@@ -587,6 +646,98 @@ def funding_settlement_from_index_q(
         size_decimals=size_decimals,
         quote_decimals=quote_decimals,
     )
+
+
+INVERSE_INDEX_SCALE: Final = 10**24
+"""Fixed-point scale of an inverse market's cumulative funding index (see :func:`inverse_funding_index_delta`)."""
+
+
+def inverse_funding_payment_exact(
+    size_sz: int,
+    price_px: int,
+    rate_r: int,
+    *,
+    multiplier: Fraction,
+    price_decimals: int,
+    size_decimals: int,
+    settle_decimals: int,
+) -> Fraction:
+    """Exact amount an **inverse** position owes for one funding, settle-coin quanta (long pays if F > 0).
+
+    ``contracts × contract_size / price × F`` (Binance COIN-M: the position's coin notional at
+    the mark times the rate)::
+
+        size_sz × multiplier × rate_r × 10^(price_decimals + settle_decimals)
+            / (RATE_SCALE × 10^size_decimals × price_px)
+
+    Round it against the account with :func:`funding_owed_q` semantics (``CEIL`` of the amount owed).
+
+    Raises
+    ------
+    InvalidNumberError
+        When ``price_px <= 0`` (an inverse contract has no value at a non-positive price).
+    """
+    for name, value in (("size_sz", size_sz), ("price_px", price_px), ("rate_r", rate_r)):
+        _require_int(name, value)
+    if price_px <= 0:
+        raise InvalidNumberError("inverse funding needs a positive price", price_px=price_px)
+    return Fraction(
+        size_sz * multiplier.numerator * rate_r * pow10(price_decimals + settle_decimals),
+        multiplier.denominator * RATE_SCALE * pow10(size_decimals) * price_px,
+    )
+
+
+def inverse_funding_index_delta(rate_r: int, price_px: int) -> int:
+    """Increment of an **inverse** market's cumulative funding index for one tick.
+
+    An inverse position owes ``size × multiplier × F / p`` per tick, so the per-contract index
+    is ``Σ_k F_k / p_k``: not an integer. It is kept in fixed point::
+
+        delta = round_half_even(rate_r × INVERSE_INDEX_SCALE / price_px)
+
+    (rate quanta × ``INVERSE_INDEX_SCALE`` per price quantum). The rounding is the index's only
+    inexactness: at most half a unit of ``1e-24`` rate-per-price-quantum per tick, i.e. far below
+    a settle quantum for any real position (1e9 contracts of 100 USD at 0.1 USD quanta: < 1e-19
+    quanta per tick), so index settlement owes the same as timestamp settlement except when the
+    exact amount lies within that distance of a quantum boundary (then one quantum apart). The
+    index is shared by every position, so settlement stays zero-sum whatever the rounding.
+
+    Raises
+    ------
+    InvalidNumberError
+        When ``price_px <= 0``.
+    """
+    _require_int("rate_r", rate_r)
+    _require_int("price_px", price_px)
+    if price_px <= 0:
+        raise InvalidNumberError("inverse funding needs a positive price", price_px=price_px)
+    return div_round(rate_r * INVERSE_INDEX_SCALE, price_px, Rounding.HALF_EVEN)
+
+
+def inverse_funding_owed_from_index_q(
+    size_sz: int,
+    index_now: int,
+    index_last: int,
+    *,
+    multiplier: Fraction,
+    price_decimals: int,
+    size_decimals: int,
+    settle_decimals: int,
+) -> int:
+    """What an **inverse** position owes since its last settlement, settle-coin quanta, rounded once against it.
+
+    ::
+
+        owed = ceil( size × multiplier × (index_now − index_last) × 10^(price_decimals + settle_decimals)
+                     / (RATE_SCALE × INVERSE_INDEX_SCALE × 10^size_decimals) )
+
+    (indices from :func:`inverse_funding_index_delta`; positive = debit).
+    """
+    for name, value in (("size_sz", size_sz), ("index_now", index_now), ("index_last", index_last)):
+        _require_int(name, value)
+    num = size_sz * multiplier.numerator * (index_now - index_last) * pow10(price_decimals + settle_decimals)
+    den = multiplier.denominator * RATE_SCALE * INVERSE_INDEX_SCALE * pow10(size_decimals)
+    return div_round(num, den, Rounding.CEIL)
 
 
 def dydx_funding_index_delta(

@@ -46,15 +46,17 @@ whatever the outlier prints. Even if an outlier slipped through the band (it is 
 honest range.
 
 Everything is deterministic: quotes are processed sorted by source name, each source may
-appear once, and all comparisons are exact integer cross-multiplications (no float).
+appear once, and all comparisons are exact integer cross-multiplications (no float, and no
+``Fraction`` either: the engine's hot path, :func:`aggregate_rows`, takes pre-validated tuples
+and decides with ints only; ``tests/test_prices_oracle_fast.py`` checks it against a plain
+``Fraction`` reference implementation over Hypothesis-generated quotes).
 """
 
 from __future__ import annotations
 
 import enum
-import itertools
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from fractions import Fraction
 
 from perpmargin.errors import ConfigError, InvalidInputError, InvalidNumberError
@@ -64,9 +66,11 @@ __all__ = [
     "IndexResult",
     "OracleGuards",
     "OracleStatus",
+    "QuoteRow",
     "RejectReason",
     "SourceQuote",
     "aggregate_index",
+    "aggregate_rows",
     "classify_quote",
     "divergence_exceeds",
     "ratio_exceeds",
@@ -264,12 +268,15 @@ class IndexResult:
         Names of the sources in the median, sorted.
     rejected:
         ``(source, reason)`` for every quote left out, sorted by source.
+    used_ts_ms:
+        The used quotes' source timestamps, in the order of ``used`` (not compared).
     """
 
     status: OracleStatus
     price_px: int | None
     used: tuple[str, ...]
     rejected: tuple[tuple[str, RejectReason], ...]
+    used_ts_ms: tuple[int, ...] = field(default=(), compare=False)
 
     @property
     def is_valid(self) -> bool:
@@ -346,6 +353,8 @@ def divergence_exceeds(
     deviation band and for guard rails such as Drift's mark/oracle divergence (10 %,
     incidents.md C7: block funding and trigger orders).
     """
+    if type(price_px) is int and type(reference_px) is int and _is_int(max_divergence_r):
+        return _exceeds(price_px, reference_px, max_divergence_r, abs_tolerance_px)
     _require_exact(price_px, reference_px)
     diff = abs(Fraction(price_px) - Fraction(reference_px))
     if diff <= abs_tolerance_px:
@@ -368,21 +377,35 @@ def ratio_exceeds(price_px: int | Fraction, reference_px: int | Fraction, max_ra
     return hi * RATE_SCALE > max_ratio_r * lo
 
 
-def _is_jump(price_px: int, last_px: int, guards: OracleGuards) -> bool:
-    assert guards.max_jump_r is not None
-    if abs(price_px - last_px) <= guards.abs_tolerance_px:
+def _jump(p: int, last: int, max_jump_r: int, tol: int) -> bool:
+    """Jump test on ints: ``max/min > 1 + max_jump`` when both are positive, else the linear test."""
+    diff = p - last if p >= last else last - p
+    if diff <= tol:
         return False
-    if price_px > 0 and last_px > 0:
-        return ratio_exceeds(price_px, last_px, RATE_SCALE + guards.max_jump_r)
-    return divergence_exceeds(price_px, last_px, guards.max_jump_r, abs_tolerance_px=guards.abs_tolerance_px)
+    if p > 0 and last > 0:
+        hi, lo = (p, last) if p >= last else (last, p)
+        return hi * RATE_SCALE > (RATE_SCALE + max_jump_r) * lo
+    return diff * RATE_SCALE > max_jump_r * (last if last >= 0 else -last)
 
 
-def _in_band(price_px: int, bounds: tuple[int, int], guards: OracleGuards) -> bool:
-    """Within ``max_deviation_r`` of the lower or of the upper median of the others."""
-    tol = guards.abs_tolerance_px
-    return any(
-        not divergence_exceeds(price_px, ref, guards.max_deviation_r, abs_tolerance_px=tol) for ref in bounds
-    )
+def _exceeds(p: int, ref: int, max_r: int, tol: int) -> bool:
+    """``|p − ref| > tol`` and ``|p − ref| × RATE_SCALE > max_r × |ref|`` (ints, exact)."""
+    diff = p - ref if p >= ref else ref - p
+    return diff > tol and diff * RATE_SCALE > max_r * (ref if ref >= 0 else -ref)
+
+
+def _classify(p: int, ts: int, conf: int | None, now_ms: int, g: OracleGuards) -> RejectReason | None:
+    if (p <= 0 and not g.allow_negative) or p > g.max_price_px or -p > g.max_price_px:
+        return RejectReason.OUT_OF_DOMAIN
+    if conf is not None and conf < 0:
+        return RejectReason.OUT_OF_DOMAIN
+    if now_ms - ts > g.staleness_ms:
+        return RejectReason.STALE
+    if ts - now_ms > g.max_future_ms:
+        return RejectReason.FUTURE
+    if g.max_confidence_r is not None and conf is not None and conf * RATE_SCALE > g.max_confidence_r * abs(p):
+        return RejectReason.LOW_CONFIDENCE
+    return None
 
 
 def classify_quote(quote: SourceQuote, *, now_ms: int, guards: OracleGuards) -> RejectReason | None:
@@ -398,22 +421,171 @@ def classify_quote(quote: SourceQuote, *, now_ms: int, guards: OracleGuards) -> 
 
     Set-level checks (jump, deviation, quorum) need the other quotes: see :func:`aggregate_index`.
     """
-    p = quote.price_px
-    if (p <= 0 and not guards.allow_negative) or abs(p) > guards.max_price_px:
-        return RejectReason.OUT_OF_DOMAIN
-    if quote.confidence_px is not None and quote.confidence_px < 0:
-        return RejectReason.OUT_OF_DOMAIN
-    if now_ms - quote.ts_ms > guards.staleness_ms:
-        return RejectReason.STALE
-    if quote.ts_ms - now_ms > guards.max_future_ms:
-        return RejectReason.FUTURE
-    if (
-        guards.max_confidence_r is not None
-        and quote.confidence_px is not None
-        and quote.confidence_px * RATE_SCALE > guards.max_confidence_r * abs(p)
-    ):
-        return RejectReason.LOW_CONFIDENCE
-    return None
+    return _classify(quote.price_px, quote.ts_ms, quote.confidence_px, now_ms, guards)
+
+
+QuoteRow = tuple[str, int, int, int, int | None]
+"""A pre-validated quote ``(source, price_px, ts_ms, weight, confidence_px)`` (see :func:`aggregate_rows`)."""
+
+
+def _source(row: QuoteRow) -> str:
+    return row[0]
+
+
+def _loo_bounds(vals: list[int], ws: list[int], k: int, equal: bool) -> tuple[int, int]:
+    """Lower and upper weighted median of the sorted ``vals`` without position ``k`` (ints)."""
+    n = len(vals)
+    if equal:  # m = n − 1 equal weights: lower index (m − 1) // 2, upper m // 2 of the others
+        m = n - 1
+        i, j = (m - 1) // 2, m // 2
+        return vals[i if i < k else i + 1], vals[j if j < k else j + 1]
+    total = sum(ws) - ws[k]
+    cum = 0
+    for t in range(n):
+        if t == k:
+            continue
+        cum += ws[t]
+        if 2 * cum >= total:
+            if 2 * cum == total:  # a half split: the next value of the others is the upper median
+                nxt = t + 1 if t + 1 != k else t + 2
+                return vals[t], vals[nxt]
+            return vals[t], vals[t]
+    raise AssertionError("unreachable: cumulative weight reaches the total")  # pragma: no cover
+
+
+def aggregate_rows(
+    rows: Iterable[QuoteRow],
+    *,
+    now_ms: int,
+    guards: OracleGuards,
+    last_index_px: int | None,
+) -> IndexResult:
+    """:func:`aggregate_index` over pre-validated rows ``(source, price_px, ts_ms, weight, confidence_px)``.
+
+    The engine's entry point: the rows' types were checked when the command was parsed (ints,
+    ``weight ≥ 1``), so no :class:`SourceQuote` is built. Same pipeline, same result, same
+    errors for duplicate sources and a non-int ``last_index_px``. Every decision is an exact
+    integer comparison (cross-multiplied), so no ``Fraction`` is made on the way:
+
+    * **range shortcut** (exact): every leave-one-out reference is one of the candidates'
+      prices, so it lies in ``[a, b]`` = [lowest, highest candidate]; when ``b − a ≤
+      abs_tolerance_px``, or ``a > 0`` and ``(b − a) × RATE_SCALE ≤ max_deviation_r × a``, no
+      candidate can be farther than the band from any reference and all are kept without
+      computing the references (the usual case: honest sources agree);
+    * otherwise the leave-one-out medians come from one sort by price: with equal weights the
+      others' lower/upper medians are the sorted values at ``(m − 1) // 2`` and ``m // 2``
+      (``m = n − 1``) skipping the quote's own position; with unequal weights, one cumulative
+      walk per quote;
+    * the index is ``lower`` or ``round((lower + upper) / 2)`` of the used quotes.
+
+    ``IndexResult.used_ts_ms`` carries the used quotes' timestamps (source order).
+    """
+    if last_index_px is not None and not _is_int(last_index_px):
+        raise InvalidInputError("last_index_px must be an int or None", last_index_px=last_index_px)
+    g = guards
+    try:
+        ordered = sorted(rows)  # by source first: names are unique, so the other fields never decide
+    except TypeError:  # a duplicate name made the sort compare a confidence with None
+        ordered = sorted(rows, key=_source)
+    jump_r = g.max_jump_r if last_index_px is not None else None
+    last = 0 if last_index_px is None else last_index_px
+    tol = g.abs_tolerance_px
+    # For positive prices the jump test "max/min − 1 > max_jump" is the interval test
+    # p > jhi or p < jlo with jhi = ⌊(1 + J)·last⌋ and jlo = ⌈last / (1 + J)⌉ (exact for ints).
+    jhi = jlo = 0
+    if jump_r is not None and last > 0:
+        jhi = (RATE_SCALE + jump_r) * last // RATE_SCALE
+        jlo = -(-(last * RATE_SCALE) // (RATE_SCALE + jump_r))
+    max_px = g.max_price_px
+    min_px = -max_px if g.allow_negative else 1
+    oldest = now_ms - g.staleness_ms
+    newest = now_ms + g.max_future_ms
+    conf_r = g.max_confidence_r
+    rejected: list[tuple[str, RejectReason]] = []
+    cands: list[QuoteRow] = []
+    prev = None
+    for row in ordered:
+        src, p, ts, _w, conf = row
+        if src == prev:
+            raise InvalidInputError("a source may quote at most once per index update", source=src)
+        prev = src
+        if p < min_px or p > max_px or (conf is not None and conf < 0):
+            rejected.append((src, RejectReason.OUT_OF_DOMAIN))
+        elif ts < oldest:
+            rejected.append((src, RejectReason.STALE))
+        elif ts > newest:
+            rejected.append((src, RejectReason.FUTURE))
+        elif conf_r is not None and conf is not None and conf * RATE_SCALE > conf_r * (p if p >= 0 else -p):
+            rejected.append((src, RejectReason.LOW_CONFIDENCE))
+        elif jump_r is not None and (
+            (p > jhi or p < jlo) and (p - last > tol or last - p > tol)
+            if p > 0 and last > 0
+            else _jump(p, last, jump_r, tol)
+        ):
+            rejected.append((src, RejectReason.JUMP))
+        else:
+            cands.append(row)
+    n = len(cands)
+    used: list[QuoteRow] = cands
+    vals: list[int] | None = None
+    if n > 1:
+        w0 = cands[0][3]
+        equal = True
+        for c in cands:
+            if c[3] != w0:
+                equal = False
+                break
+        if equal:
+            vals = sorted([c[1] for c in cands])
+            a, b = vals[0], vals[-1]
+        else:
+            a = min(c[1] for c in cands)
+            b = max(c[1] for c in cands)
+        dev = g.max_deviation_r
+        if not (b - a <= tol or (a > 0 and (b - a) * RATE_SCALE <= dev * a)):
+            order = sorted(range(n), key=lambda i: cands[i][1])
+            svals = [cands[i][1] for i in order]
+            ws = [cands[i][3] for i in order]
+            keep = [False] * n
+            for k, i in enumerate(order):
+                lo, hi = _loo_bounds(svals, ws, k, equal)
+                p = svals[k]
+                keep[i] = not _exceeds(p, lo, dev, tol) or not _exceeds(p, hi, dev, tol)
+            used = []
+            for i, c in enumerate(cands):
+                if keep[i]:
+                    used.append(c)
+                else:
+                    rejected.append((c[0], RejectReason.DEVIATION))
+            if len(used) < n:
+                vals = None
+                rejected.sort(key=_reject_key)
+    used_names = tuple([c[0] for c in used])
+    used_ts = tuple([c[2] for c in used])
+    if len(used) < g.quorum:
+        return IndexResult(OracleStatus.DEGRADED, None, used_names, tuple(rejected), used_ts)
+    if vals is not None:  # equal weights, nobody dropped: the median of the sorted prices
+        lo, hi = vals[(n - 1) // 2], vals[n // 2]
+        price = lo if lo == hi else div_round(lo + hi, 2, g.median_rounding)
+    else:
+        price = _median_of_rows(used, g.median_rounding)
+    return IndexResult(OracleStatus.VALID, price, used_names, tuple(rejected), used_ts)
+
+
+def _reject_key(item: tuple[str, RejectReason]) -> str:
+    return item[0]
+
+
+def _median_of_rows(used: list[QuoteRow], rounding: Rounding) -> int:
+    """Weighted median of the used rows' prices, rounded with ``rounding`` on an exact half split."""
+    n = len(used)
+    w0 = used[0][3]
+    if all(c[3] == w0 for c in used):
+        vals = sorted(c[1] for c in used)
+        lo, hi = vals[(n - 1) // 2], vals[n // 2]
+    else:
+        lo, hi = _median_bounds((c[1], c[3]) for c in used)
+    return lo if lo == hi else div_round(lo + hi, 2, rounding)
 
 
 def aggregate_index(
@@ -439,43 +611,5 @@ def aggregate_index(
     InvalidInputError
         When two quotes carry the same source name, or ``last_index_px`` is not an int.
     """
-    if last_index_px is not None and not _is_int(last_index_px):
-        raise InvalidInputError("last_index_px must be an int or None", last_index_px=last_index_px)
-    ordered: Sequence[SourceQuote] = sorted(quotes, key=lambda q: q.source)
-    for a, b in itertools.pairwise(ordered):
-        if a.source == b.source:
-            raise InvalidInputError("a source may quote at most once per index update", source=a.source)
-
-    rejected: dict[str, RejectReason] = {}
-    candidates: list[SourceQuote] = []
-    for q in ordered:
-        reason = classify_quote(q, now_ms=now_ms, guards=guards)
-        if (
-            reason is None
-            and last_index_px is not None
-            and guards.max_jump_r is not None
-            and _is_jump(q.price_px, last_index_px, guards)
-        ):
-            reason = RejectReason.JUMP
-        if reason is None:
-            candidates.append(q)
-        else:
-            rejected[q.source] = reason
-
-    used: list[SourceQuote] = []
-    if len(candidates) == 1:
-        used = candidates
-    else:
-        for i, q in enumerate(candidates):
-            others = [(o.price_px, o.weight) for j, o in enumerate(candidates) if j != i]
-            if _in_band(q.price_px, _median_bounds(others), guards):
-                used.append(q)
-            else:
-                rejected[q.source] = RejectReason.DEVIATION
-
-    used_names = tuple(q.source for q in used)
-    rejected_items = tuple(sorted(rejected.items(), key=lambda item: item[0]))
-    if len(used) < guards.quorum:
-        return IndexResult(OracleStatus.DEGRADED, None, used_names, rejected_items)
-    price = weighted_median([(q.price_px, q.weight) for q in used], guards.median_rounding)
-    return IndexResult(OracleStatus.VALID, price, used_names, rejected_items)
+    rows = [(q.source, q.price_px, q.ts_ms, q.weight, q.confidence_px) for q in quotes]
+    return aggregate_rows(rows, now_ms=now_ms, guards=guards, last_index_px=last_index_px)
