@@ -54,7 +54,8 @@ class PricePath:
         prices = np.stack([self.open, self.high, self.low, self.close])
         if not np.all(np.isfinite(prices)) or np.any(prices <= 0):
             raise DataError(f"price path {self.symbol}: prices must be finite and > 0")
-        if np.any(self.low > np.minimum(self.open, self.close)) or np.any(self.high < np.maximum(self.open, self.close)):
+        lo, hi = np.minimum(self.open, self.close), np.maximum(self.open, self.close)
+        if np.any(self.low > lo) or np.any(self.high < hi):
             raise DataError(f"price path {self.symbol}: need low ≤ open, close ≤ high on every row")
         if not np.all(np.isfinite(self.volume)) or np.any(self.volume < 0):
             raise DataError(f"price path {self.symbol}: volume must be finite and ≥ 0")
