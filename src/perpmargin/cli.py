@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from perpmargin import cli_calc, cli_funding, cli_journal
+from perpmargin import cli_calc, cli_funding, cli_journal, cli_serve, cli_stress
 from perpmargin.errors import PerpmarginError
 
 __all__ = ["app", "main"]
@@ -30,6 +30,9 @@ cli_calc.app.add_typer(
 )
 app.add_typer(cli_calc.app, name="calc", help="Venue calculator: margin, liquidation and bankruptcy prices, PnL.")
 app.add_typer(cli_journal.app, name="journal", help="Verify, replay or snapshot a command journal.")
+app.command(name="serve")(cli_serve.serve)
+app.add_typer(cli_serve.keys_app, name="keys", help="Create, list and revoke service API keys.")
+cli_stress.register(app)
 
 
 @app.command()
