@@ -67,6 +67,8 @@ def synthetic_paths(
     * ``merton`` — the same σ for the diffusion plus jumps at 1 per day with mean −5 % and
       standard deviation 5 % (a crash-day calibration, stated, not fitted);
     * ``garch`` — GARCH(1,1) with Student-t innovations fitted to the base returns (``arch``);
+      a fit on the constraint boundary (α + β ≥ 1, as on the 2020-03-12 and 2025-10-10 paths)
+      is refused with a :class:`DataError` rather than simulated;
     * ``bootstrap`` — circular block bootstrap of the base candles, blocks of 30 steps.
 
     Every path starts at the base path's first open, uses the base's step and the base's
@@ -108,6 +110,12 @@ def synthetic_paths(
             )
         elif model == "garch":
             params = fit_garch(p)
+            if params.persistence >= 1:
+                raise DataError(
+                    f"GARCH(1,1) fitted to {sym} is not covariance-stationary (alpha + beta = "
+                    f"{params.persistence:.6f}): this path is one regime break. Calibrate on a longer day "
+                    "(e.g. --scenario 2021-05-19) or use --synthetic bootstrap"
+                )
             path = garch(sym, params, s0=s0, steps=steps, seed=s, step_ms=p.step_ms, start_ms=start, volume=vol)
         else:
             path = block_bootstrap(p, steps=steps, block=min(30, len(p) - 1), seed=s, s0=s0, start_ms=start)
