@@ -1,12 +1,16 @@
-"""``perpmargin journal …``: verify, replay or snapshot a command journal (SQLite).
+"""``perpmargin journal …``: verify, replay or snapshot a command journal (SQLite or PostgreSQL).
 
-* ``verify PATH``   read-only full check: the hash chain from genesis, every record replayed,
+``DB`` is a SQLite file path, ``sqlite:///path`` or a PostgreSQL URL
+(``postgresql://user@host:5432/db?schema=NAME``; see :func:`perpmargin.storage.open_store`).
+Output shows the URL with any password redacted.
+
+* ``verify DB``   read-only full check: the hash chain from genesis, every record replayed,
   every snapshot compared with the replay at its seq. Exit 0 when clean, 1 when the last
   record is torn (opening the journal, e.g. ``snapshot``, cuts it), 2 on an error.
-* ``replay PATH``   read-only rebuild from scratch (snapshots ignored), optionally cut at
+* ``replay DB``   read-only rebuild from scratch (snapshots ignored), optionally cut at
   ``--until SEQ``; also rebuilds from the latest snapshot and says whether the two state
   hashes are identical (exit 1 if not).
-* ``snapshot PATH`` opens the journal for writing (which cuts a torn tail and says so),
+* ``snapshot DB`` opens the journal for writing (which cuts a torn tail and says so),
   stores a snapshot at the current seq and prints it.
 
 Every command takes ``--venue`` (preset name or file; default: the one in the journal's meta)
@@ -19,7 +23,6 @@ exits with code 2.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
@@ -29,6 +32,7 @@ from rich.table import Table
 
 from perpmargin.errors import PerpmarginError
 from perpmargin.journal import Journal, TornTail, replay_with_report, verify_journal
+from perpmargin.storage import describe_url
 
 __all__ = ["app"]
 
@@ -39,7 +43,12 @@ app = typer.Typer(
     add_completion=False,
 )
 
-PathArg = Annotated[Path, typer.Argument(help="The journal file (SQLite).", show_default=False)]
+PathArg = Annotated[
+    str,
+    typer.Argument(
+        metavar="DB", help="The journal: a SQLite file, sqlite:///path or a postgresql:// URL.", show_default=False
+    ),
+]
 VenueOpt = Annotated[
     str | None, typer.Option("--venue", help="Venue preset name or file (default: the one in the journal's meta).")
 ]
@@ -83,12 +92,12 @@ def verify(path: PathArg, venue: VenueOpt = None, as_json: JsonOpt = False) -> N
     except PerpmarginError as e:
         _fail(e, as_json)
     if as_json:
-        _emit({"path": str(path), **report.to_dict()})
+        _emit({"path": describe_url(path), **report.to_dict()})
     else:
         console = Console()
         console.print(
             _table(
-                f"Journal {path}",
+                f"Journal {describe_url(path)}",
                 [
                     ("status", "ok" if report.ok else "torn last record (cut on next open)"),
                     ("venue", report.venue),
@@ -126,7 +135,7 @@ def replay(
     if as_json:
         _emit(
             {
-                "path": str(path),
+                "path": describe_url(path),
                 "ok": identical,
                 "seq": st.seq,
                 "head_hash": scratch.head_hash,
@@ -143,7 +152,7 @@ def replay(
         start = "none (from genesis)" if snap.snapshot_seq is None else f"seq {snap.snapshot_seq}"
         Console().print(
             _table(
-                f"Replay of {path}",
+                f"Replay of {describe_url(path)}",
                 [
                     ("seq", str(st.seq)),
                     ("last ts_ms", str(st.last_ts_ms)),
@@ -175,7 +184,7 @@ def snapshot(path: PathArg, venue: VenueOpt = None, as_json: JsonOpt = False) ->
     if as_json:
         _emit(
             {
-                "path": str(path),
+                "path": describe_url(path),
                 "ok": True,
                 "seq": snap.seq,
                 "state_hash": snap.state_hash,
@@ -186,7 +195,7 @@ def snapshot(path: PathArg, venue: VenueOpt = None, as_json: JsonOpt = False) ->
     else:
         Console().print(
             _table(
-                f"Snapshot of {path}",
+                f"Snapshot of {describe_url(path)}",
                 [
                     ("seq", str(snap.seq)),
                     ("state hash", snap.state_hash),

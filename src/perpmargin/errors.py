@@ -22,7 +22,8 @@ caller can catch the whole family with one clause, or one branch of it::
     │   ├── WithdrawalsPausedError       an account has unresolved negative equity: outflows pause
     │   └── OutflowLimitError            the withdrawal would exceed the hourly or daily outflow limit
     ├── JournalError                     the journal cannot be trusted or written
-    │   └── JournalCorruptError          corruption before the last record: start-up refuses
+    │   ├── JournalCorruptError          corruption before the last record: start-up refuses
+    │   └── JournalStoppedError          a write failed: the journal stopped (fail-stop), nothing more is acknowledged
     └── InvariantViolation               a broken internal invariant: a bug, never bad input
 
 Each error has a stable ``code`` (a short snake_case string) that the service maps into its
@@ -43,6 +44,7 @@ __all__ = [
     "InvariantViolation",
     "JournalCorruptError",
     "JournalError",
+    "JournalStoppedError",
     "LeverageError",
     "MarketPausedError",
     "OpenInterestCapError",
@@ -206,6 +208,17 @@ class JournalCorruptError(JournalError):
     """A record before the last one fails its checksum or chain: start-up must refuse."""
 
     code = "journal_corrupt"
+
+
+class JournalStoppedError(JournalError):
+    """A journal write failed (I/O error, disk full, lost database connection): the journal stopped.
+
+    Fail-stop (C22): the failing batch is not acknowledged, every later write raises this, and
+    the in-memory engine (ahead of the durable journal) is no longer served; reopen the journal
+    to recover its durable prefix. A service answers 503.
+    """
+
+    code = "journal_stopped"
 
 
 class InvariantViolation(PerpmarginError):

@@ -38,18 +38,20 @@ One database file in WAL mode with ``synchronous=FULL`` (a commit is durable whe
     snapshots(seq INTEGER PRIMARY KEY, state TEXT, state_hash, chain_hash)
 
 ``append`` writes a whole batch in one transaction (group commit). The store is behind the
-:class:`JournalStore` protocol so that another backend (PostgreSQL) can be added without
-touching :class:`Journal`.
+:class:`JournalStore` protocol; :mod:`perpmargin.storage` adds the PostgreSQL backend and
+``open_store(url)``. Every function below that takes a ``path`` also takes a
+``postgresql://`` (or ``sqlite:///``) URL.
 
 Write rule (nothing acknowledged is lost)
 -----------------------------------------
 :meth:`Journal.submit` encodes the command, applies *the decoded form* to the engine (so the
 live engine runs exactly what replay will run), then appends the record and only then
 returns the events; the caller acknowledges after ``submit`` returns. A rejected command
-raises and is not journaled. If the append fails (I/O error, disk full, failed fsync) the
-journal **stops**: the in-memory engine is ahead of the disk, so every later call raises
-:class:`~perpmargin.errors.JournalError` until the journal is reopened (fail-stop, C22; a
-failed fsync is never retried and then acknowledged).
+raises and is not journaled. If the append fails (I/O error, disk full, failed fsync, lost
+database connection) the journal **stops**: the in-memory engine is ahead of the disk, so the
+failing call and every later one raise :class:`~perpmargin.errors.JournalStoppedError`
+(code ``journal_stopped``) and :attr:`Journal.engine` is no longer served, until the journal
+is reopened (fail-stop, C22; a failed fsync is never retried and then acknowledged).
 
 Recovery rules (start-up, :meth:`Journal.open`)
 -----------------------------------------------
@@ -96,7 +98,7 @@ Public API
 ----------
 * :class:`Journal`: ``open(path, venue)`` / ``from_store(store, venue)``, ``submit``,
   ``submit_many`` (group commit), ``snapshot``, ``verify``, ``close``, ``engine``, ``seq``,
-  ``head_hash``, ``recovery``; ``Journal.replay(path, venue)``.
+  ``head_hash``, ``recovery``, ``stopped``, ``failure``; ``Journal.replay(path, venue)``.
 * :func:`replay`, :func:`replay_with_report`, :func:`verify_journal`: read-only, by path.
 * :class:`JournalStore` (the port) and :class:`SqliteJournalStore` (the adapter).
 * :func:`append_garbage_record`, :func:`corrupt_record`: fault injection for tests and drills.
@@ -121,7 +123,13 @@ from typing import Any, Final, Protocol, runtime_checkable
 
 from perpmargin.commands import Command, Event, command_from_dict, command_to_dict
 from perpmargin.engine import Engine
-from perpmargin.errors import InvalidInputError, JournalCorruptError, JournalError, PerpmarginError
+from perpmargin.errors import (
+    InvalidInputError,
+    JournalCorruptError,
+    JournalError,
+    JournalStoppedError,
+    PerpmarginError,
+)
 from perpmargin.presets import Venue, load_venue
 from perpmargin.state import canonical_json, state_from_canonical, state_hash
 
@@ -688,7 +696,8 @@ def _check_prefix(store: JournalStore, genesis: str, snap: Snapshot) -> None:
 
 
 def _fresh_engine(venue: Venue) -> Engine:
-    return Engine.create(venue.rules, venue.assets, venue.markets, venue.asset_prices)
+    """A genesis engine for ``venue``, its price rules included (they are part of its fingerprint)."""
+    return Engine.from_venue(venue)
 
 
 def _apply_record(engine: Engine, rec: Record, cmd: Command) -> None:
@@ -844,7 +853,7 @@ def replay_with_report(
     JournalError
         No journal there, wrong venue, or a journaled command refused on replay.
     """
-    store = SqliteJournalStore(path, readonly=True)
+    store = _open_path(path, readonly=True)
     try:
         v, meta = _read_meta(store, venue)
         return _rebuild(store, v, meta, from_snapshot=from_snapshot, until_seq=until_seq)
@@ -911,11 +920,20 @@ def verify_journal(path: str | Path, venue: Venue | str | Path | None = None) ->
     JournalError
         No journal there, wrong venue, or a journaled command refused on replay.
     """
-    store = SqliteJournalStore(path, readonly=True)
+    store = _open_path(path, readonly=True)
     try:
         return _verify_store(store, venue)
     finally:
         store.close()
+
+
+def _open_path(path: str | Path, *, readonly: bool = False, create: bool = True) -> JournalStore:
+    """A store for ``path``: a SQLite file, or any URL :func:`perpmargin.storage.open_store` takes."""
+    if isinstance(path, str) and "://" in path:
+        from perpmargin.storage import open_store  # storage imports this module
+
+        return open_store(path, readonly=readonly, create=create)
+    return SqliteJournalStore(path, readonly=readonly, create=create)
 
 
 # -- the facade --------------------------------------------------------------------------------
@@ -942,7 +960,7 @@ class Journal:
         self.store = store
         self.venue = venue
         self.meta: dict[str, str] = dict(meta)
-        self.engine = engine
+        self._engine = engine
         self.recovery = recovery
         """The torn tail cut at start-up, if any (for the operator's log)."""
         self._head_seq = head_seq
@@ -963,7 +981,10 @@ class Journal:
         check_prefix: bool = True,
         create: bool = True,
     ) -> Journal:
-        """Open (or, with ``create``, create) the SQLite journal at ``path`` and rebuild the engine.
+        """Open (or, with ``create``, create) the journal at ``path`` and rebuild the engine.
+
+        ``path`` is a SQLite file, or a URL (``sqlite:///…``, ``postgresql://…``; see
+        :func:`perpmargin.storage.open_store`).
 
         ``venue`` is a :class:`Venue`, a shipped preset name or a preset path; it is required
         for a new journal and defaults to the one in the meta otherwise. See the module
@@ -971,7 +992,7 @@ class Journal:
         replays from genesis; ``check_prefix=False`` skips the checksum pass over the records
         before the latest snapshot.
         """
-        store = SqliteJournalStore(path, create=create)
+        store = _open_path(path, create=create)
         try:
             return cls.from_store(store, venue, full_check=full_check, check_prefix=check_prefix)
         except BaseException:
@@ -1002,6 +1023,29 @@ class Journal:
     # -- state ---------------------------------------------------------------------------------
 
     @property
+    def engine(self) -> Engine:
+        """The engine, rebuilt from the journal and advanced by :meth:`submit`.
+
+        Raises :class:`~perpmargin.errors.JournalStoppedError` once the journal has stopped
+        (fail-stop): the engine then holds applied-but-unjournaled commands and must not be
+        served; reopen the journal. Read it through this property rather than keeping a
+        reference across submits.
+        """
+        if self._failed is not None:
+            raise self._stopped_error()
+        return self._engine
+
+    @property
+    def stopped(self) -> bool:
+        """True once a write failed (or the engine was changed behind the journal): fail-stop."""
+        return self._failed is not None
+
+    @property
+    def failure(self) -> BaseException | None:
+        """The error that stopped the journal, or None."""
+        return self._failed
+
+    @property
     def seq(self) -> int:
         """Seq of the last journaled record (= ``engine.state.seq``)."""
         return self._head_seq
@@ -1012,7 +1056,7 @@ class Journal:
         return self._head_hash
 
     def state_hash(self) -> str:
-        """The engine's state hash."""
+        """The engine's state hash (raises ``JournalStoppedError`` once the journal stopped)."""
         return self.engine.state_hash()
 
     # -- writing -------------------------------------------------------------------------------
@@ -1049,7 +1093,7 @@ class Journal:
                 try:
                     payload = encode_command(cmd)
                     replayable = decode_command(payload)
-                    events = self.engine.apply(replayable)
+                    events = self._engine.apply(replayable)
                 except PerpmarginError as e:
                     results.append(e)
                     continue
@@ -1067,7 +1111,7 @@ class Journal:
                     self.store.append(records)
                 except BaseException as e:
                     self._fail(e)
-                    raise JournalError(
+                    raise JournalStoppedError(
                         "journal append failed: the journal is stopped and nothing in this batch may be "
                         f"acknowledged; reopen the journal to recover ({e})",
                         seq=records[0].seq,
@@ -1081,15 +1125,15 @@ class Journal:
             self._check_writable()
             snap = Snapshot(
                 seq=self._head_seq,
-                state=canonical_json(self.engine.state.to_canonical()),
-                state_hash=self.engine.state_hash(),
+                state=canonical_json(self._engine.state.to_canonical()),
+                state_hash=self._engine.state_hash(),
                 chain_hash=self._head_hash,
             )
             try:
                 self.store.save_snapshot(snap)
             except BaseException as e:
                 self._fail(e)
-                raise JournalError(f"snapshot write failed: the journal is stopped ({e})", seq=snap.seq) from e
+                raise JournalStoppedError(f"snapshot write failed: the journal is stopped ({e})", seq=snap.seq) from e
             return snap
 
     def verify(self) -> VerifyReport:
@@ -1098,7 +1142,7 @@ class Journal:
         with self._lock:
             self._check_writable()
             report = _verify_store(self.store, self.venue)
-            live = self.engine.state_hash()
+            live = self._engine.state_hash()
             if report.head_seq != self._head_seq or report.state_hash != live:
                 raise JournalError(
                     "replaying the journal does not reproduce the live state",
@@ -1130,17 +1174,27 @@ class Journal:
         if self._closed:
             raise JournalError("journal is closed")
         if self._failed is not None:
-            raise JournalError(f"journal is stopped after a failed write ({self._failed}); reopen it to recover")
-        if self.engine.state.seq != self._head_seq:
+            raise self._stopped_error()
+        if self._engine.state.seq != self._head_seq:
             self._fail(RuntimeError("engine changed outside the journal"))
-            raise JournalError(
+            raise JournalStoppedError(
                 "the engine was changed outside the journal; reopen the journal to recover",
-                engine_seq=self.engine.state.seq,
+                engine_seq=self._engine.state.seq,
                 journal_seq=self._head_seq,
             )
 
     def _fail(self, exc: BaseException) -> None:
-        self._failed = exc
+        """Stop the journal (fail-stop): the engine may hold applied-but-unjournaled commands,
+        so from now on every write raises and :attr:`engine` is no longer served."""
+        if self._failed is None:
+            self._failed = exc
+
+    def _stopped_error(self) -> JournalStoppedError:
+        return JournalStoppedError(
+            f"journal is stopped after a failed write ({self._failed}); nothing more is acknowledged, "
+            "reopen it to recover",
+            journal_seq=self._head_seq,
+        )
 
 
 # -- fault injection (tests, chaos drills) ------------------------------------------------------
