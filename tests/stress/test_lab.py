@@ -140,3 +140,13 @@ def test_the_cli_runs_a_small_stress_and_refuses_bad_options(tmp_path: Path) -> 
     listing = runner.invoke(app, ["scenarios"])
     assert listing.exit_code == 0
     assert "2020-03-12" in listing.output
+
+
+def test_the_readme_s_example_sweep_file_loads_into_its_twelve_configurations() -> None:
+    from perpmargin.stress.sweep import configs, load_sweep_spec
+
+    spec = load_sweep_spec(Path(__file__).resolve().parents[2] / "examples" / "sweep.toml")
+    runs = configs(spec)
+    assert len(runs) == 12
+    assert {r.mmr_scale for r in runs} == {"0.75", "1", "1.5"}
+    assert all(r.scenario == "2020-03-12" and r.accounts == 300 for r in runs)
