@@ -15,7 +15,6 @@ receiver's down; the difference goes to ``@rounding``. Fees round up (a rebate d
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -58,7 +57,14 @@ from perpmargin.math.margin import mul_rate_q
 from perpmargin.numbers import RATE_SCALE, Rounding, div_round, from_quanta, parse_decimal, to_quanta
 from perpmargin.price_config import PriceRules
 from perpmargin.prices import PriceDesk
-from perpmargin.risk import AccountRisk, BucketRisk, account_risk, cross_bucket, pending_funding_q
+from perpmargin.risk import (
+    AccountRisk,
+    BucketRisk,
+    _isolated_bucket,
+    account_risk,
+    cross_bucket,
+    pending_funding_q,
+)
 from perpmargin.state import (
     Account,
     EngineState,
@@ -152,7 +158,7 @@ class _Tx:
         if acc is None:
             raise UnknownAccountError("no such account", account_id=account_id)
         if account_id not in self.saved_accounts:
-            self.saved_accounts[account_id] = copy.deepcopy(acc)
+            self.saved_accounts[account_id] = acc.clone()  # a deep copy (state.Account.clone)
         return acc
 
     def new_account(self, acc: Account) -> None:
@@ -609,7 +615,7 @@ class Engine:
     def _top_up_isolated(self, acc: Account, m: Market, pos: Position) -> int:
         """Move from the cross wallet into an isolated bucket what it lacks to meet its IM at mark."""
         holder = isolated_holder(acc.account_id, m.symbol, pos.leg)
-        iso = next(b for b in account_risk(self.state, acc.account_id).isolated if b.holder == holder)
+        iso = _isolated_bucket(self.state, acc, pos)  # the bucket account_risk lists for `holder`
         need = iso.im_q - iso.equity_q
         if need > 0:
             self.state.ledger.move(acc.account_id, holder, m.settle_asset, need, "isolated initial margin")
@@ -645,7 +651,13 @@ class Engine:
             st.mark_prices[m.symbol] = price
         # Halted/delisted markets refuse; pending index funding settles at the old sizes first.
         funding_events = self.prices.before_fill(tx, m, cmd.ts_ms, (buyer, seller))
-        before = {aid: cross_bucket(st, st.accounts[aid]) for aid in (buyer, seller) if aid != EXTERNAL}
+        # Risk before the fill is needed only by a side that will not open or grow its position
+        # (the reduce rule, _require_not_riskier); a side that opens is checked against IM after.
+        before = {
+            aid: cross_bucket(st, st.accounts[aid])
+            for aid, delta, leg_name in ((buyer, size, cmd.buyer_leg), (seller, -size, cmd.seller_leg))
+            if aid != EXTERNAL and not self._will_open(st.accounts[aid], m.symbol, leg_name, delta)
+        }
         sides = (
             (buyer, size, self._leg(cmd.buyer_leg), cmd.buyer_reduce_only, cmd.aggressor == "buy"),
             (seller, -size, self._leg(cmd.seller_leg), cmd.seller_reduce_only, cmd.aggressor == "sell"),
@@ -718,6 +730,19 @@ class Engine:
                 )
         return events
 
+    @staticmethod
+    def _will_open(acc: Account, symbol: str, leg_name: object, delta: int) -> bool:
+        """Whether :meth:`_apply_position` will report that a fill of ``delta`` on ``(symbol, leg)``
+        opens or grows the position (it may still refuse the fill); False when unsure."""
+        try:
+            leg = Leg(leg_name)
+        except (ValueError, TypeError):
+            return False
+        pos = acc.positions.get((symbol, leg))
+        size0 = pos.size_sz if pos else 0
+        # as _apply_position: opened = delta, or delta + size0 when it closes |size0| or more
+        return size0 == 0 or (delta > 0) == (size0 > 0) or abs(delta) > abs(size0)
+
     def _require_not_riskier(self, acc: Account, before: BucketRisk) -> None:
         """dYdX's rule for a trade that only reduces: allowed if IM is met, or MM does not grow and
         the collateral-to-maintenance ratio does not get worse (compared by cross-multiplying)."""
@@ -762,7 +787,8 @@ class Engine:
         realized = Fraction(0)
         cost = cost0
         if closed:
-            removed = cost0 * Fraction(abs(closed), abs(size0))
+            # cost0 × |closed| / |size0|, as one exact Fraction
+            removed = Fraction(cost0.numerator * abs(closed), cost0.denominator * abs(size0))
             realized = -m.value_q(closed, price, settle_dec) - removed
             cost -= removed
         if opened:
@@ -813,7 +839,7 @@ class Engine:
             return
         # Keep the IM at mark; what lies above it in the bucket's wallet balance (realised
         # profit, margin of the closed part) returns. Unrealised profit stays in the bucket.
-        iso = next(b for b in account_risk(st, acc.account_id).isolated if b.holder == holder)
+        iso = _isolated_bucket(st, acc, pos)  # the bucket account_risk lists for `holder`
         wallet = Fraction(bal) + pos.cost_q
         wallet_q = div_round(wallet.numerator, wallet.denominator, Rounding.FLOOR)
         release = min(iso.equity_q, wallet_q) - iso.im_q

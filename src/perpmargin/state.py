@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
@@ -110,7 +110,44 @@ class Account:
 
     def sorted_positions(self) -> list[Position]:
         """Open positions in a canonical order (symbol, then leg)."""
-        return [self.positions[k] for k in sorted(self.positions, key=lambda k: (k[0], k[1].value))]
+        positions = self.positions
+        if len(positions) < 2:
+            return list(positions.values())
+        return [positions[k] for k in sorted(positions, key=_position_key)]
+
+    def clone(self) -> Account:
+        """An independent copy (what ``copy.deepcopy`` gives, without its generic machinery).
+
+        Every leaf is immutable (``str``, ``int``, ``Fraction``, enums), so copying the
+        containers and the (mutable) :class:`Position` objects is a deep copy.
+        """
+        return Account(
+            self.account_id,
+            self.position_mode,
+            {
+                k: Position(p.symbol, p.leg, p.size_sz, p.cost_q, p.margin_mode, p.leverage, p.funding_index)
+                for k, p in self.positions.items()
+            },
+            dict(self.leverage),
+            dict(self.margin_mode),
+        )
+
+
+LEG_VALUE: dict[Leg, str] = {leg: leg.value for leg in Leg}
+"""``leg.value`` by dict look-up (an enum's ``.value`` is a descriptor call; hot in risk)."""
+
+
+def _position_key(k: tuple[str, Leg]) -> tuple[str, str]:
+    return (k[0], LEG_VALUE[k[1]])
+
+
+# Account.clone copies these fields explicitly: a new field must be added there too.
+_CLONED = (
+    "symbol leg size_sz cost_q margin_mode leverage funding_index",
+    "account_id position_mode positions leverage margin_mode",
+)
+if (" ".join(f.name for f in fields(Position)), " ".join(f.name for f in fields(Account))) != _CLONED:
+    raise RuntimeError("Account.clone is out of date with the Account/Position fields")
 
 
 @dataclass(slots=True)
