@@ -20,6 +20,6 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   # uv (from PyPI) resolves and installs the wheels in parallel: a cold install takes seconds, not minutes.
   .venv/bin/python -m pip install --quiet --disable-pip-version-check "uv>=0.4"
   target="."; if [ -n "$extras" ]; then target=".[$extras]"; fi
-  .venv/bin/uv pip install --quiet --compile-bytecode --python .venv/bin/python -e "$target"
+  .venv/bin/uv pip install --quiet --python .venv/bin/python -e "$target"
   echo "$want" > "$stamp"
 fi
