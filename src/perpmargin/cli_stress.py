@@ -171,10 +171,11 @@ def register(app: typer.Typer) -> None:
             raise _fail(e) from None
         res = lab.result
         console.print(_summary(res.metrics, "Stress run"))
-        for bt in lab.backtests:
+        for sym, bt in lab.backtests.items():
             for side in bt.sides:
                 console.print(
-                    f"backtest {bt.source or ''} {side.side}: {side.exceptions}/{side.observations} exceptions, "
+                    f"margin backtest {sym} base MMR, {bt.horizon_steps}-step horizon, {side.side}: "
+                    f"{side.exceptions}/{side.observations} exceptions, "
                     f"Kupiec p={side.pof.p_value:.3f}, zone {side.zone}"
                 )
         console.print(f"event-log hash {res.event_log_hash[:16]}…  state hash {res.state_hash[:16]}…")

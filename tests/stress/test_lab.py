@@ -122,7 +122,7 @@ def test_a_lab_run_writes_its_outputs_and_its_journal_replays_to_the_same_state(
     assert (tmp_path / "events.parquet").exists()
     assert (tmp_path / "journal.sqlite").exists()
     assert len(lab.backtests) == 2  # one per market of the scenario
-    assert all(bt.long.observations > 0 for bt in lab.backtests)
+    assert all(bt.long.observations > 0 for bt in lab.backtests.values())
     again = run_lab(cfg, tmp_path / "again")
     assert again.result.event_log_hash == lab.result.event_log_hash
 

@@ -183,24 +183,20 @@ class LabResult:
     """A finished lab run: the stress result, backtests, cover report and the written files."""
 
     result: StressResult
-    backtests: tuple[BacktestReport, ...]
+    backtests: dict[str, BacktestReport]
     cover: dict[str, Any] | None
     files: dict[str, Path]
 
 
-def _backtests(venue: Venue, paths: Mapping[str, PricePath], horizon_steps: int) -> tuple[BacktestReport, ...]:
-    reports = []
+def _backtests(venue: Venue, paths: Mapping[str, PricePath], horizon_steps: int) -> dict[str, BacktestReport]:
+    reports: dict[str, BacktestReport] = {}
     for sym in sorted(paths):
         p = paths[sym]
         if len(p) <= horizon_steps:
             continue
         rate = market_margin_rate(venue.markets[sym], kind="maintenance", margin_rule=venue.rules.margin_rule)
-        reports.append(
-            margin_backtest(
-                p, horizon_steps=horizon_steps, rates=rate, measure="worst"
-            )
-        )
-    return tuple(reports)
+        reports[sym] = margin_backtest(p, horizon_steps=horizon_steps, rates=rate, measure="worst")
+    return reports
 
 
 def run_lab(
@@ -256,8 +252,8 @@ def _paths_of(cfg: StressConfig) -> dict[str, PricePath]:
     return _load_paths(cfg)
 
 
-def _write(result: StressResult, out: Path, backtests: tuple[BacktestReport, ...]) -> dict[str, Path]:
+def _write(result: StressResult, out: Path, backtests: Mapping[str, BacktestReport]) -> dict[str, Path]:
     from perpmargin.stress.outputs import write_outputs
 
-    return write_outputs(result, out, backtest=backtests or None)
+    return write_outputs(result, out, backtest=tuple(backtests.values()) or None)
 
