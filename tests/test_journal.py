@@ -780,3 +780,17 @@ def test_kill_9_loses_no_acknowledged_command(tmp_path: Path, acks: int) -> None
         assert j.seq >= last_ack
         assert j.state_hash() == _crash_reference(j.seq)
     assert verify_journal(path).ok
+
+
+def test_an_operator_s_liquidation_config_journals_actor_and_reason_and_older_records_stay_canonical() -> None:
+    from perpmargin.commands import ConfigureLiquidation
+    from perpmargin.journal import decode_command, encode_command
+
+    plain = ConfigureLiquidation(ts_ms=5, params=(("fee", "0.01"),))
+    assert b"actor" not in encode_command(plain)  # the preset set-up keeps its earlier canonical bytes
+    assert decode_command(b'{"params":[["fee","0.01"]],"ts_ms":5,"type":"ConfigureLiquidation"}') == plain
+    audited = ConfigureLiquidation(ts_ms=5, params=(("fee", "0.01"),), actor="op-1", reason="widen fee")
+    payload = encode_command(audited)
+    assert b'"actor":"op-1"' in payload
+    assert b'"reason":"widen fee"' in payload
+    assert decode_command(payload) == audited

@@ -67,6 +67,9 @@ class Command:
 
     ts_ms: int = 0
     type_name: ClassVar[str] = "Command"
+    omit_if_empty: ClassVar[frozenset[str]] = frozenset()
+    """Fields left out of the canonical form while empty (added after journals existed, so
+    older records keep their canonical bytes)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -332,10 +335,15 @@ class ConfigureLiquidation(Command):
     ``params`` are ``(key, value)`` decimal/boolean strings, the keys of a preset's
     ``[venue.liquidation]`` section (:data:`perpmargin.liquidation.PARAM_DEFAULTS`);
     :func:`perpmargin.liquidation.configure_command` builds this command from a preset.
+    An operator's re-configuration carries ``actor`` and ``reason`` (journaled; empty for the
+    set-up from a preset).
     """
 
     params: tuple[tuple[str, str], ...] = ()
+    actor: str = ""
+    reason: str = ""
     type_name: ClassVar[str] = "ConfigureLiquidation"
+    omit_if_empty: ClassVar[frozenset[str]] = frozenset({"actor", "reason"})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "params", _tuplify(self.params))
@@ -440,6 +448,8 @@ def command_to_dict(cmd: Command) -> dict[str, Any]:
     out: dict[str, Any] = {"type": cmd.type_name}
     for f in dataclasses.fields(cmd):
         v = getattr(cmd, f.name)
+        if v == "" and f.name in cmd.omit_if_empty:
+            continue
         if isinstance(v, Decimal):
             v = num(v, f.name)
         out[f.name] = v

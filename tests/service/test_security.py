@@ -213,6 +213,7 @@ def test_every_operator_override_is_journaled_with_actor_and_reason(
         ("/v1/markets/ETHUSDT/price-bands/disable", {"reason": "r-nobands"}, "DisablePriceBands"),
         ("/v1/markets/ETHUSDT/settlement-price", {"reason": "r-settle", "price": "3000"}, "SetSettlementPrice"),
         ("/v1/markets/ETHUSDT/delist", {"reason": "r-delist"}, "DelistMarket"),
+        ("/v1/admin/liquidation-config", {"reason": "r-liq", "params": {"fee": "0.01"}}, "ConfigureLiquidation"),
     ]
     for path, body, _ in steps:
         r = op.post(path, body)

@@ -19,6 +19,7 @@ traceback.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
@@ -794,7 +795,7 @@ def create_app(settings: ServiceSettings, *, clock_ms: Callable[[], int] | None 
         if "ts_ms" in body.params:
             raise ApiError(400, "invalid_input", "ts_ms is not a liquidation parameter")
         overrides: dict[str, Any] = dict(body.params)
-        cmd = configure_command(journal.venue, **overrides)
+        cmd = dataclasses.replace(configure_command(journal.venue, **overrides), actor=p.key_id, reason=body.reason)
         return await svc.mutate(request, p, rid, [cmd], single(rid))
 
     @app.post("/v1/admin/insurance", response_model=S.CommandResult, tags=["operator"])
