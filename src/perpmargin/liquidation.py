@@ -197,6 +197,10 @@ HOUR_MS: Final = 3_600_000
 DAY_MS: Final = 86_400_000
 _MAX_EVALS_PER_BUCKET: Final = 8
 _MAX_LOOP: Final = 64
+_RISK_MEMO_MAX: Final = 16_384
+"""Entries of the desk's risk memo kept from one command to the next (cleared above this)."""
+_RISK_MEMO_HARD_MAX: Final = 4 * _RISK_MEMO_MAX
+"""Within one command the memo stops growing here (bounded memory on very large books)."""
 
 
 # =============================================================================================
@@ -895,6 +899,116 @@ class LiquidationDesk:
         """Full sweeps skip the buckets the batch kernel proves quiet (``False``: evaluate all)."""
         self.screened_skips = 0
         """Buckets full sweeps skipped so far (a benchmark and test figure)."""
+        self._memo: dict[str, tuple[tuple[Any, ...], BucketRisk, dict[Any, Any]]] = {}
+        self._memo_state: EngineState | None = None
+        self._bal_keys: dict[str, tuple[tuple[str, ...], tuple[tuple[str, str], ...]]] = {}
+        self._floor_cache: tuple[tuple[Decimal, int], int] | None = None
+
+    # -- risk memo ----------------------------------------------------------------------------
+    #
+    # ``cross_bucket`` / ``_isolated_bucket`` are pure functions of (a) the configuration (the
+    # rules, asset and market objects, compared by identity first, then by value; the memo is
+    # dropped when the engine's state object is replaced) and (b) a handful of state values: the
+    # holder's balances, the account's positions (every field), and per position symbol its mark,
+    # funding index and (dYdX rule) open interest, plus the prices of the assets it holds or
+    # settles in. The memo stores, per bucket, the *values* of (b) next to the result and returns
+    # the result only when every one of them is equal now, so it can never return a risk the
+    # state does not have (rollbacks and direct state edits included). It only saves
+    # recomputation; every decision is still made from the exact risk. Derived per-bucket figures
+    # (index keys, ADL scores) hang off the entry and die with it.
+
+    def _memo_dict(self, st: EngineState) -> dict[str, tuple[tuple[Any, ...], BucketRisk, dict[Any, Any]]]:
+        if self._memo_state is not st:
+            self._memo = {}
+            self._bal_keys = {}
+            self._memo_state = st
+        return self._memo
+
+    @staticmethod
+    def _pos_fp(st: EngineState, p: Position) -> tuple[Any, ...]:
+        ms = st.prices.markets.get(p.symbol)
+        return (
+            p.symbol,
+            p.leg,
+            p.size_sz,
+            p.cost_q,
+            p.margin_mode,
+            p.leverage,
+            p.funding_index,
+            st.mark_prices.get(p.symbol),
+            None if ms is None else ms.cum_index,
+            # Open interest enters the requirement under the dYdX rule only (OI-scaled IMF).
+            st.long_oi_sz.get(p.symbol, 0) if st.rules.margin_rule is MarginRule.DYDX else None,
+            st.markets.get(p.symbol),
+            st.asset_prices.get(st.markets[p.symbol].settle_asset) if p.symbol in st.markets else None,
+        )
+
+    def _balance_keys(self, holder: str, names: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+        """The ledger keys of ``holder``'s balance in every configured asset (cached per holder;
+        rebuilt if the asset names ever differ)."""
+        bk = self._bal_keys.get(holder)
+        if bk is None or bk[0] != names:
+            bk = (names, tuple([(holder, a) for a in names]))
+            if len(self._bal_keys) < _RISK_MEMO_HARD_MAX:
+                self._bal_keys[holder] = bk
+        return bk[1]
+
+    def _cross_entry(self, acc: Account) -> tuple[tuple[Any, ...], BucketRisk, dict[Any, Any]]:
+        st = self.state
+        memo = self._memo_dict(st)
+        holder = acc.account_id
+        assets = st.assets
+        names = tuple(assets)
+        bals = tuple(map(st.ledger.balances.get, self._balance_keys(holder, names)))
+        prices = st.asset_prices
+        fp = (
+            bals,
+            # Prices are read only for the assets held (non-zero balance) and the positions'
+            # settle assets (in their fingerprints).
+            tuple([prices.get(a) for a, v in zip(names, bals, strict=True) if v]),
+            tuple([self._pos_fp(st, p) for p in acc.positions.values()]),
+            tuple(assets.values()),
+            st.rules,
+        )
+        hit = memo.get(holder)
+        if hit is not None and hit[0] == fp:
+            return hit
+        entry: tuple[tuple[Any, ...], BucketRisk, dict[Any, Any]] = (fp, cross_bucket(st, acc), {})
+        if hit is not None or len(memo) < _RISK_MEMO_HARD_MAX:
+            memo[holder] = entry
+        return entry
+
+    def _cross(self, acc: Account) -> BucketRisk:
+        """``cross_bucket(state, acc)``, memoised on every value it reads (see above)."""
+        return self._cross_entry(acc)[1]
+
+    def _iso_entry(self, acc: Account, pos: Position) -> tuple[tuple[Any, ...], BucketRisk, dict[Any, Any]]:
+        st = self.state
+        holder = isolated_holder(acc.account_id, pos.symbol, pos.leg)
+        settle = st.markets[pos.symbol].settle_asset
+        fp = (st.ledger.balances.get((holder, settle), 0), self._pos_fp(st, pos), st.assets.get(settle), st.rules)
+        memo = self._memo_dict(st)
+        hit = memo.get(holder)
+        if hit is not None and hit[0] == fp:
+            return hit
+        entry: tuple[tuple[Any, ...], BucketRisk, dict[Any, Any]] = (fp, _isolated_bucket(st, acc, pos), {})
+        if hit is not None or len(memo) < _RISK_MEMO_HARD_MAX:
+            memo[holder] = entry
+        return entry
+
+    def _risk_entry(self, bucket: str) -> tuple[tuple[Any, ...], BucketRisk, dict[Any, Any]] | None:
+        st = self.state
+        acct, sym, leg = _parts(bucket)
+        acc = st.accounts.get(acct)
+        if acc is None:
+            return None
+        if sym is None:
+            return self._cross_entry(acc)
+        assert leg is not None
+        pos = acc.position(sym, leg)
+        if pos is None or pos.margin_mode is not MarginMode.ISOLATED:
+            return None
+        return self._iso_entry(acc, pos)
 
     @property
     def state(self) -> EngineState:
@@ -1112,6 +1226,9 @@ class LiquidationDesk:
         if cfg is None or not cfg.enabled:
             return []
         self._begin(tx)
+        if len(self._memo) > _RISK_MEMO_MAX:
+            self._memo.clear()
+            self._bal_keys.clear()
         ctx = _Ctx(tx, cmd.ts_ms)
         st = self.state
         liq = self.liq
@@ -1308,26 +1425,43 @@ class LiquidationDesk:
     # -- keys -------------------------------------------------------------------------------
 
     def _risk(self, bucket: str) -> BucketRisk | None:
+        entry = self._risk_entry(bucket)
+        return None if entry is None else entry[1]
+
+    def _no_cross_position(self, bucket: str) -> bool:
+        """A cross bucket whose account holds no cross position (its risk has no positions)."""
+        if "#" in bucket:
+            return False
+        acc = self.state.accounts.get(bucket)
+        return acc is not None and all(p.margin_mode is not MarginMode.CROSS for p in acc.positions.values())
+
+    def _no_negative_balance(self, holder: str) -> bool:
+        """No negative balance in any configured asset: with no position, equity is a sum of
+        non-negative collateral values, so ≥ 0."""
         st = self.state
-        acct, sym, leg = _parts(bucket)
-        acc = st.accounts.get(acct)
-        if acc is None:
-            return None
-        if sym is None:
-            return cross_bucket(st, acc)
-        assert leg is not None
-        pos = acc.position(sym, leg)
-        if pos is None or pos.margin_mode is not MarginMode.ISOLATED:
-            return None
-        return _isolated_bucket(st, acc, pos)
+        self._memo_dict(st)
+        keys = self._balance_keys(holder, tuple(st.assets))
+        return not any(v is not None and v < 0 for v in map(st.ledger.balances.get, keys))
 
     def _keys_for(self, bucket: str) -> dict[str, tuple[int, int]] | None:
-        if bucket.startswith("@"):
+        if bucket.startswith("@") or self._no_cross_position(bucket):
             return None
-        risk = self._risk(bucket)
-        if risk is None or risk.mm_q <= 0 or not risk.positions:
+        entry = self._risk_entry(bucket)
+        if entry is None:
             return None
-        return self._keys(bucket, risk)
+        risk = entry[1]
+        if risk.mm_q <= 0 or not risk.positions:
+            return None
+        # The keys are a function of the risk, the values in the entry's fingerprint, the
+        # configured levels and the holder's number of non-zero balances.
+        cfg = self.config()
+        n_bal = 0 if "#" in bucket else len(self.state.ledger.holder_balances(bucket))
+        k = ("keys", cfg.levels_r if cfg is not None else None, n_bal)
+        cached = entry[2].get(k)
+        if cached is None:
+            cached = self._keys(bucket, risk)
+            entry[2][k] = cached
+        return dict(cached)
 
     def _mmr_max_r(self, m: Market) -> int:
         if self.state.rules.margin_rule is MarginRule.DYDX:
@@ -1355,11 +1489,15 @@ class LiquidationDesk:
             # |d value / d price| per price quantum; inverse: bounded on [p/2, 3p/2] by 4·|s|·j/p².
             dv = gross[sym] * unit if m.kind is ContractKind.LINEAR else Fraction(4 * gross[sym]) * unit / (p0 * p0)
             if isolated:
-                conv, w = Fraction(1), Fraction(1)
+                conv, w_r = Fraction(1), RATE_SCALE
             else:
                 conv = asset_price_fraction(st, m.settle_asset) or Fraction(0)
-                w = Fraction(max(RATE_SCALE, st.assets[m.settle_asset].liability_weight_r), RATE_SCALE)
+                w_r = max(RATE_SCALE, st.assets[m.settle_asset].liability_weight_r)
             mmr_max = self._mmr_max_r(m)
+            # rate = dv × conv × (L × w + mmr_max) × n  with  w = w_r / 1e9, in integers:
+            # rate = base_n × (L × w_r + mmr_max × 1e9) / (base_d × 1e9), base = dv × conv × n.
+            base = dv * conv * n_mk
+            base_n, base_d = base.numerator, base.denominator
             d: int | None = None
             for lv in levels:
                 g = abs(mm * RATE_SCALE - lv * eq)
@@ -1367,8 +1505,8 @@ class LiquidationDesk:
                 if budget <= 0:
                     d = 0
                     break
-                rate = dv * conv * (lv * w + mmr_max) * n_mk
-                dl = _floor(budget / rate) if rate > 0 else 10 * p0
+                rate_n = base_n * (lv * w_r + mmr_max * RATE_SCALE)
+                dl = (budget * base_d * RATE_SCALE) // rate_n if rate_n > 0 else 10 * p0
                 d = dl if d is None else min(d, dl)
             dd = max(0, d or 0)
             if m.kind is ContractKind.INVERSE:
@@ -1400,6 +1538,13 @@ class LiquidationDesk:
         acct, sym, _ = _parts(bucket)
         acc = self.state.accounts.get(acct)
         if acc is None:
+            return
+        if self._no_cross_position(bucket) and self._no_negative_balance(bucket):
+            # What the branch below does for a bucket without positions and equity ≥ 0, without
+            # computing the risk.
+            self._clear_calls(ctx, bucket)
+            self._end(ctx, bucket, "closed")
+            self._set_unresolved(bucket, 0)
             return
         risk = self._risk(bucket)
         if risk is None:
@@ -1456,6 +1601,9 @@ class LiquidationDesk:
                 deficit = max(0, -self.state.ledger.balance(bucket, m.settle_asset))
         else:
             deficit = max(0, -risk.equity_q)
+        self._set_unresolved(bucket, deficit)
+
+    def _set_unresolved(self, bucket: str, deficit: int) -> None:
         cur = self.liq.get("unresolved", bucket)
         if deficit and cur != deficit:
             self.liq.put("unresolved", bucket, deficit)
@@ -1724,7 +1872,7 @@ class LiquidationDesk:
         mark = st.mark_prices[pos.symbol]
         side = 1 if pos.size_sz > 0 else -1
         delta = -side * close_sz
-        risk = self._risk(bucket) if not bucket.startswith("@") else cross_bucket(st, st.accounts[bucket])
+        risk = self._risk(bucket) if not bucket.startswith("@") else self._cross(st.accounts[bucket])
         if risk is None:
             raise InvariantViolation("no risk for a bucket being liquidated", bucket=bucket)
         v0 = m.value_q(pos.size_sz, mark, dec)
@@ -1849,7 +1997,7 @@ class LiquidationDesk:
         pos = acc.position(symbol, leg)
         if pos is None:
             return None
-        risk = self._risk(bucket) if not bucket.startswith("@") else cross_bucket(self.state, acc)
+        risk = self._risk(bucket) if not bucket.startswith("@") else self._cross(acc)
         if risk is None:
             return None
         return risk, pos
@@ -2027,7 +2175,7 @@ class LiquidationDesk:
     def fund_equity_q(self, fund: str) -> int:
         """Equity of an insurance fund in valuation quanta: balances plus inherited positions at mark."""
         st = self.state
-        return cross_bucket(st, st.accounts.get(fund) or Account(fund)).equity_q
+        return self._cross(st.accounts.get(fund) or Account(fund)).equity_q
 
     def _fund_event(
         self, fund: str, asset: str, amount_q: int, reason: str, symbol: str | None
@@ -2193,6 +2341,15 @@ class LiquidationDesk:
             return b.equity_q >= b.im_q - _ceil(req_old * conv) + _ceil(req_new * conv)
         return b.equity_q >= fund_floor_q + b.mm_q - _ceil(req_old * conv) + _ceil(req_new * conv)
 
+    def _fund_floor_q(self, cfg: LiquidationConfig) -> int:
+        """``fund_floor`` in valuation quanta (rounded up), parsed once per value."""
+        key = (cfg.fund_floor, self.state.rules.valuation_decimals)
+        hit = self._floor_cache
+        if hit is None or hit[0] != key:
+            q = to_quanta(cfg.fund_floor, key[1], field="fund_floor", rounding=Rounding.CEIL)
+            hit = self._floor_cache = (key, q)
+        return hit[1]
+
     def _fund_available_settle(self, cfg: LiquidationConfig, fund: str, asset: str) -> int:
         """What the fund can still lose, in ``asset`` quanta: valuation equity above the floor."""
         st = self.state
@@ -2200,8 +2357,8 @@ class LiquidationDesk:
         if conv is None or conv == 0:
             return 0
         acc = st.accounts.get(fund) or Account(fund)
-        eq = cross_bucket(st, acc).equity_q
-        floor_q = to_quanta(cfg.fund_floor, st.rules.valuation_decimals, field="fund_floor", rounding=Rounding.CEIL)
+        eq = self._cross(acc).equity_q
+        floor_q = self._fund_floor_q(cfg)
         avail = eq - floor_q
         bal = st.ledger.balance(fund, asset)
         return max(0, min(bal, _floor(Fraction(avail) / conv)))
@@ -2286,7 +2443,7 @@ class LiquidationDesk:
         if _parts(bucket)[0] == fund:
             return
         side = 1 if pos.size_sz > 0 else -1
-        floor_q = to_quanta(cfg.fund_floor, st.rules.valuation_decimals, field="fund_floor", rounding=Rounding.CEIL)
+        floor_q = self._fund_floor_q(cfg)
         take = size
         if not self._can_take(fund, m, side * take, px, fund_floor_q=floor_q):
             # The largest multiple of the step the fund's capital carries (equity ≥ floor + MM).
@@ -2322,7 +2479,7 @@ class LiquidationDesk:
             return
         acct = _parts(bucket)[0]
         liquidated_long = pos.size_sz > 0
-        risk_before = self._risk(bucket) if not bucket.startswith("@") else cross_bucket(st, st.accounts[acct])
+        risk_before = self._risk(bucket) if not bucket.startswith("@") else self._cross(st.accounts[acct])
         bad_debt = 0
         if risk_before is not None and risk_before.equity_q < 0:
             conv = Fraction(1) if "#" in bucket else (asset_price_fraction(st, m.settle_asset) or Fraction(1))
@@ -2448,23 +2605,51 @@ class LiquidationDesk:
                     continue
                 if (sym is None) != (p.margin_mode is MarginMode.CROSS):
                     continue
-                risk = self._risk(b)
-                if risk is None:
+                entry = self._risk_entry(b)
+                if entry is None:
                     continue
-                value = m.value_q(p.size_sz, mark, dec)
-                upnl = value - p.cost_q
-                if profitable_only and upnl <= 0:
+                # The candidate is a function of the entry's fingerprint (the position, its mark,
+                # the balances and asset prices) and the method: memoised on the entry.
+                ck = ("adl", m.symbol, p.leg, profitable_only, cfg.adl_method)
+                if ck in entry[2]:
+                    cached = entry[2][ck]
+                    if cached is not None:
+                        out.append(cached)
+                        legs[b] = p.leg
                     continue
-                conv = Fraction(1) if sym is not None else (asset_price_fraction(st, m.settle_asset) or Fraction(1))
-                eq_settle = _floor(Fraction(risk.equity_q) / conv)
-                if eq_settle <= 0:
-                    continue
-                score = self._adl_score(cfg.adl_method, m, p, value, upnl, eq_settle, risk, conv, b)
-                if score is None:
-                    continue
-                out.append(AdlCandidate(account_id=b, size_sz=p.size_sz, score=score))
-                legs[b] = p.leg
+                cand = self._adl_candidate(cfg, m, p, entry[1], b, sym, mark, dec, profitable_only=profitable_only)
+                entry[2][ck] = cand
+                if cand is not None:
+                    out.append(cand)
+                    legs[b] = p.leg
         return out, legs
+
+    def _adl_candidate(
+        self,
+        cfg: LiquidationConfig,
+        m: Market,
+        p: Position,
+        risk: BucketRisk,
+        b: str,
+        sym: str | None,
+        mark: int,
+        dec: int,
+        *,
+        profitable_only: bool,
+    ) -> AdlCandidate | None:
+        st = self.state
+        value = m.value_q(p.size_sz, mark, dec)
+        upnl = value - p.cost_q
+        if profitable_only and upnl <= 0:
+            return None
+        conv = Fraction(1) if sym is not None else (asset_price_fraction(st, m.settle_asset) or Fraction(1))
+        eq_settle = _floor(Fraction(risk.equity_q) / conv)
+        if eq_settle <= 0:
+            return None
+        score = self._adl_score(cfg.adl_method, m, p, value, upnl, eq_settle, risk, conv, b)
+        if score is None:
+            return None
+        return AdlCandidate(account_id=b, size_sz=p.size_sz, score=score)
 
     def _adl_score(
         self,
@@ -2823,7 +3008,7 @@ class LiquidationDesk:
                     and self._valid(pos.symbol, "liquidate", ctx.ts)
                 ):
                     self._unwind(ctx, cfg, fund, pos)
-            risk = cross_bucket(st, acc)
+            risk = self._cross(acc)
             if risk.equity_q >= 0:
                 self._update_unresolved(fund, risk)
                 continue
@@ -2834,15 +3019,15 @@ class LiquidationDesk:
                 if cfg.adl:
                     self._stage_adl(ctx, cfg, fund, pos2, abs(pos2.size_sz))
                 pos3 = acc.position(pr.symbol, Leg(pr.leg))
-                if pos3 is not None and cfg.socialize and cross_bucket(st, acc).equity_q < 0:
+                if pos3 is not None and cfg.socialize and self._cross(acc).equity_q < 0:
                     self._stage_socialize_close(ctx, cfg, fund, pos3, abs(pos3.size_sz))
-            risk = cross_bucket(st, acc)
+            risk = self._cross(acc)
             if not risk.positions and risk.equity_q < 0 and cfg.socialize:
                 # A fund below zero with nothing left to close: socialise its deficit (valued, so
                 # seized collateral in another asset still counts) over a market settled in the
                 # asset it owes.
                 for asset, bal in sorted(st.ledger.holder_balances(fund).items()):
-                    deficit = -cross_bucket(st, acc).equity_q
+                    deficit = -self._cross(acc).equity_q
                     conv = asset_price_fraction(st, asset)
                     if bal >= 0 or deficit <= 0 or not conv:
                         continue
@@ -2850,7 +3035,7 @@ class LiquidationDesk:
                     for sym in sorted(s for s in st.markets if st.markets[s].settle_asset == asset):
                         if self._socialize(ctx, sym, fund, asset, need):
                             break
-            self._update_unresolved(fund, cross_bucket(st, acc))
+            self._update_unresolved(fund, self._cross(acc))
 
     def _unwind(self, ctx: _Ctx, cfg: LiquidationConfig, fund: str, pos: Position) -> None:
         st = self.state
