@@ -947,22 +947,8 @@ def maintenance_margin(
     ):
         # Hot path: plain ints, no Fraction; a cached string or Decimal skips the parse, a new plain
         # decimal string is read by _str_rat without Decimal.
-        if type(size) is str:
-            sn, sd = _STR_CACHE.get(size) or _str_rat(size, "size")
-        elif type(size) is Decimal and size.is_finite():
-            sn, sd = _DEC_CACHE.get(size) or _num(size, "size")
-        else:
-            sn, sd = _num(size, "size")
-        if sn <= 0:
-            raise InvalidNumberError("size must be positive", field="size", value=str(size))
-        if type(price) is str:
-            pn, pd = _STR_CACHE.get(price) or _str_rat(price, "price")
-        elif type(price) is Decimal and price.is_finite():
-            pn, pd = _DEC_CACHE.get(price) or _num(price, "price")
-        else:
-            pn, pd = _num(price, "price")
-        if pn <= 0:
-            raise InvalidNumberError("price must be positive", field="price", value=str(price))
+        sn, sd = _pos(size, "size")
+        pn, pd = _pos(price, "price")
         if m.inverse:
             nn, nd = sn * m.cm_n * pd, sd * m.cm_d * pn
         else:
@@ -1926,22 +1912,8 @@ class PreparedMarket:
                 x = sz * px
                 i = bisect_right(self._caps_x, x)
                 return _MUL(-(-(x * self._a_x[i] - self._c_x[i]) // self._d_x), self._sq)  # (≥ 0, see _q)
-        if type(size) is str:
-            sn, sd = _STR_CACHE.get(size) or _str_rat(size, "size")
-        elif type(size) is Decimal and size.is_finite():
-            sn, sd = _DEC_CACHE.get(size) or _num(size, "size")
-        else:
-            sn, sd = _num(size, "size")
-        if sn <= 0:
-            raise InvalidNumberError("size must be positive", field="size", value=str(size))
-        if type(price) is str:
-            pn, pd = _STR_CACHE.get(price) or _str_rat(price, "price")
-        elif type(price) is Decimal and price.is_finite():
-            pn, pd = _DEC_CACHE.get(price) or _num(price, "price")
-        else:
-            pn, pd = _num(price, "price")
-        if pn <= 0:
-            raise InvalidNumberError("price must be positive", field="price", value=str(price))
+        sn, sd = _pos(size, "size")
+        pn, pd = _pos(price, "price")
         if self._fast_mm:
             if keyed:
                 _remember(self._qsz, size, sn, sd, self._sz_scale)

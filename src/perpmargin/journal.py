@@ -135,6 +135,7 @@ from perpmargin.state import canonical_json, state_from_canonical, state_hash
 
 __all__ = [
     "FORMAT_VERSION",
+    "DelegatingStore",
     "Journal",
     "JournalStore",
     "Record",
@@ -335,6 +336,44 @@ class JournalStore(Protocol):
     def close(self) -> None:
         """Release the store."""
         ...
+
+
+class DelegatingStore:
+    """A :class:`JournalStore` that forwards every call to ``inner``: subclass it and override
+    only what a wrapper changes (fault injection, buffering, a hook before each append)."""
+
+    def __init__(self, inner: JournalStore) -> None:
+        self.inner = inner
+
+    def meta(self) -> dict[str, str]:
+        return self.inner.meta()
+
+    def init_meta(self, meta: Mapping[str, str]) -> None:
+        self.inner.init_meta(meta)
+
+    def append(self, records: Sequence[Record]) -> None:
+        self.inner.append(records)
+
+    def read(self, from_seq: int = 1) -> Iterator[Record]:
+        return self.inner.read(from_seq)
+
+    def last_seq(self) -> int:
+        return self.inner.last_seq()
+
+    def truncate_after(self, seq: int) -> int:
+        return self.inner.truncate_after(seq)
+
+    def save_snapshot(self, snapshot: Snapshot) -> None:
+        self.inner.save_snapshot(snapshot)
+
+    def latest_snapshot(self, at_or_before: int | None = None) -> Snapshot | None:
+        return self.inner.latest_snapshot(at_or_before)
+
+    def snapshots(self) -> list[Snapshot]:
+        return self.inner.snapshots()
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 _SCHEMA: Final = (

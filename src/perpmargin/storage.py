@@ -70,7 +70,7 @@ from typing import Any, Final, Literal
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 from perpmargin.errors import ConfigError, JournalError
-from perpmargin.journal import JournalStore, Record, Snapshot, SqliteJournalStore
+from perpmargin.journal import DelegatingStore, JournalStore, Record, Snapshot, SqliteJournalStore
 
 __all__ = [
     "FAULT_ENV",
@@ -478,7 +478,7 @@ def parse_fault(spec: str) -> FaultSpec:
     return FaultSpec(mode=mode, after=int(m.group(2)))
 
 
-class FaultyStore:
+class FaultyStore(DelegatingStore):
     """A :class:`~perpmargin.journal.JournalStore` wrapper whose appends fail after ``fail_after`` successes.
 
     ``mode="append"``: the failing append raises ``JournalError`` without writing (disk full,
@@ -493,17 +493,11 @@ class FaultyStore:
             raise ConfigError("fail_after must be >= 0", fail_after=fail_after)
         if mode not in ("append", "fsync"):
             raise ConfigError("mode must be 'append' or 'fsync'", mode=mode)
-        self.inner = inner
+        super().__init__(inner)
         self.fail_after = fail_after
         self.mode: FaultMode = mode
         self.appends = 0
         self.faults = 0
-
-    def meta(self) -> dict[str, str]:
-        return self.inner.meta()
-
-    def init_meta(self, meta: Mapping[str, str]) -> None:
-        self.inner.init_meta(meta)
 
     def append(self, records: Sequence[Record]) -> None:
         if not records:
@@ -526,24 +520,3 @@ class FaultyStore:
             seq=records[0].seq,
             fault=f"{self.mode}:after={self.fail_after}",
         )
-
-    def read(self, from_seq: int = 1) -> Iterator[Record]:
-        return self.inner.read(from_seq)
-
-    def last_seq(self) -> int:
-        return self.inner.last_seq()
-
-    def truncate_after(self, seq: int) -> int:
-        return self.inner.truncate_after(seq)
-
-    def save_snapshot(self, snapshot: Snapshot) -> None:
-        self.inner.save_snapshot(snapshot)
-
-    def latest_snapshot(self, at_or_before: int | None = None) -> Snapshot | None:
-        return self.inner.latest_snapshot(at_or_before)
-
-    def snapshots(self) -> list[Snapshot]:
-        return self.inner.snapshots()
-
-    def close(self) -> None:
-        self.inner.close()

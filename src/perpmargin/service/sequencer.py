@@ -39,18 +39,18 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from perpmargin.commands import Command, Event
 from perpmargin.engine import Engine
 from perpmargin.errors import JournalError, PerpmarginError
-from perpmargin.journal import Journal, JournalStore, Record, Snapshot, decode_command
+from perpmargin.journal import DelegatingStore, Journal, JournalStore, Record, decode_command
 from perpmargin.presets import load_venue
 from perpmargin.service.metrics import ServiceMetrics
 from perpmargin.service.readmodel import ReadModel
-from perpmargin.service.sidestore import RequestRow, SideStore, is_postgres_url
+from perpmargin.service.sidestore import RequestRow, SideStore
 
 __all__ = ["Overloaded", "Query", "Result", "Sequencer", "Submission", "open_journal_store"]
 
@@ -90,58 +90,22 @@ class Query:
 
 
 def open_journal_store(db: str) -> JournalStore:
-    """The journal store for ``db``: ``perpmargin.storage.open_store`` when present, else SQLite."""
-    try:
-        from perpmargin import storage  # the storage backends (SQLite, PostgreSQL)
-    except ImportError:
-        storage = None  # type: ignore[assignment]
-    if storage is not None and hasattr(storage, "open_store"):
-        opened: JournalStore = storage.open_store(db, create=True)
-        return opened
-    if is_postgres_url(db):
-        raise JournalError("PostgreSQL needs perpmargin.storage.open_store, which is not available", db=db)
-    from perpmargin.journal import SqliteJournalStore
+    """The journal store for ``db`` (a SQLite path or a PostgreSQL URL): :func:`perpmargin.storage.open_store`."""
+    from perpmargin.storage import open_store
 
-    return SqliteJournalStore(db)
+    return open_store(db, create=True)
 
 
-class _AnchoredStore:
+class _AnchoredStore(DelegatingStore):
     """A :class:`JournalStore` that calls ``before_append(records)`` before each append."""
 
     def __init__(self, inner: JournalStore, before_append: Callable[[Sequence[Record]], None]) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.before_append = before_append
-
-    def meta(self) -> dict[str, str]:
-        return self.inner.meta()
-
-    def init_meta(self, meta: Mapping[str, str]) -> None:
-        self.inner.init_meta(meta)
 
     def append(self, records: Sequence[Record]) -> None:
         self.before_append(records)
         self.inner.append(records)
-
-    def read(self, from_seq: int = 1) -> Iterator[Record]:
-        return self.inner.read(from_seq)
-
-    def last_seq(self) -> int:
-        return self.inner.last_seq()
-
-    def truncate_after(self, seq: int) -> int:
-        return self.inner.truncate_after(seq)
-
-    def save_snapshot(self, snapshot: Snapshot) -> None:
-        self.inner.save_snapshot(snapshot)
-
-    def latest_snapshot(self, at_or_before: int | None = None) -> Snapshot | None:
-        return self.inner.latest_snapshot(at_or_before)
-
-    def snapshots(self) -> list[Snapshot]:
-        return self.inner.snapshots()
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 def _error_result(status: int, code: str, message: str, **details: Any) -> Result:

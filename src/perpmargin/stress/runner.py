@@ -85,7 +85,7 @@ from perpmargin.commands import (
 )
 from perpmargin.engine import Engine
 from perpmargin.errors import ConfigError, DataError, InvariantViolation, PerpmarginError
-from perpmargin.journal import Journal, Record, Snapshot, SqliteJournalStore, replay
+from perpmargin.journal import DelegatingStore, Journal, Record, Snapshot, SqliteJournalStore, replay
 from perpmargin.ledger import EXTERNAL, INSURANCE
 from perpmargin.liquidation import LiquidationConfig, configure_command
 from perpmargin.presets import Venue, list_presets, venue_from_dict
@@ -310,7 +310,7 @@ JOURNAL_FLUSH_RECORDS = 20_000
 """Records buffered before the stress journal commits (see :class:`_BatchedStore`)."""
 
 
-class _BatchedStore:
+class _BatchedStore(DelegatingStore):
     """A :class:`~perpmargin.journal.JournalStore` over SQLite that commits every ``JOURNAL_FLUSH_RECORDS`` records.
 
     A stress run acknowledges nothing to anyone, so it does not need one fsync per step
@@ -321,14 +321,8 @@ class _BatchedStore:
     """
 
     def __init__(self, inner: SqliteJournalStore) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.buffer: list[Record] = []
-
-    def meta(self) -> dict[str, str]:
-        return self.inner.meta()
-
-    def init_meta(self, meta: Mapping[str, str]) -> None:
-        self.inner.init_meta(meta)
 
     def append(self, records: Sequence[Record]) -> None:
         self.buffer.extend(records)
@@ -354,12 +348,6 @@ class _BatchedStore:
     def save_snapshot(self, snapshot: Snapshot) -> None:
         self.flush()
         self.inner.save_snapshot(snapshot)
-
-    def latest_snapshot(self, at_or_before: int | None = None) -> Snapshot | None:
-        return self.inner.latest_snapshot(at_or_before)
-
-    def snapshots(self) -> list[Snapshot]:
-        return self.inner.snapshots()
 
     def close(self) -> None:
         try:
