@@ -28,6 +28,7 @@ from collections.abc import Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from fastapi import Depends, FastAPI, Header, Path, Query, Request, Security, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -814,6 +815,55 @@ def create_app(settings: ServiceSettings, *, clock_ms: Callable[[], int] | None 
             j = svc.sequencer.journal
             assert j is not None
             return {"seq": j.seq, "head_hash": j.head_hash, "state_hash": engine.state_hash()}
+
+        result: dict[str, Any] = await svc.query(run)
+        return result
+
+    @app.get("/v1/admin/risk-snapshot", response_model=S.RiskSnapshotOut, tags=["operator"])
+    async def risk_snapshot_view(
+        p: Auth, top: Annotated[int, Query(ge=0, le=1000, description="riskiest accounts to list")] = 20
+    ) -> dict[str, Any]:
+        """Whole-book risk from the batch kernel (:func:`perpmargin.batch.risk_snapshot`), between batches.
+
+        Liquidatable flags are exact (near-threshold and multi-asset accounts are re-decided by
+        the exact path); amounts are in valuation units, screened floats unless ``exact``.
+        """
+        op(p)
+        from perpmargin.batch import risk_snapshot
+
+        def finite(x: float) -> float | None:
+            return float(x) if np.isfinite(x) else None
+
+        def run(engine: Engine) -> dict[str, Any]:
+            j = svc.sequencer.journal
+            assert j is not None
+            snap = risk_snapshot(engine)
+            scale = 10.0**-snap.valuation_decimals
+            counts, edges = snap.ratio_histogram()
+            order = np.argsort(-np.nan_to_num(snap.margin_ratio, posinf=np.finfo(np.float64).max), kind="stable")
+            riskiest = [
+                {
+                    "account_id": snap.account_ids[i],
+                    "margin_ratio": finite(snap.margin_ratio[i]),
+                    "equity": float(snap.equity[i]) * scale,
+                    "maintenance_margin": float(snap.mm[i]) * scale,
+                    "liquidatable": bool(snap.liquidatable[i]),
+                    "exact": bool(snap.exact[i]),
+                }
+                for i in order[:top].tolist()
+                if snap.mm[i] > 0
+            ]
+            return {
+                "seq": j.seq,
+                "valuation_asset": snap.valuation_asset,
+                "accounts": len(snap.account_ids),
+                "positions": len(snap.pos_symbol),
+                "liquidatable": snap.liquidatable_ids(),
+                "margin_ratio_quantiles": {str(q): finite(v) for q, v in snap.ratio_quantiles().items()},
+                "histogram_edges": [finite(e) for e in edges.tolist()],
+                "histogram_counts": [int(c) for c in counts.tolist()],
+                "riskiest": riskiest,
+            }
 
         result: dict[str, Any] = await svc.query(run)
         return result

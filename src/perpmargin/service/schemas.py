@@ -348,6 +348,27 @@ class StateOut(_Out):
     state_hash: str
 
 
+class RiskRow(_Out):
+    account_id: str
+    margin_ratio: float | None = Field(description="MM / equity of the cross bucket; null when infinite")
+    equity: float
+    maintenance_margin: float
+    liquidatable: bool
+    exact: bool = Field(description="amounts re-decided by the exact path (else float screen within its bound)")
+
+
+class RiskSnapshotOut(_Out):
+    seq: int
+    valuation_asset: str
+    accounts: int
+    positions: int
+    liquidatable: list[str]
+    margin_ratio_quantiles: dict[str, float | None]
+    histogram_edges: list[float | None] = Field(description="bin edges of the margin ratio; the last is +inf (null)")
+    histogram_counts: list[int]
+    riskiest: list[RiskRow]
+
+
 class HealthOut(_Out):
     status: str
     seq: int
