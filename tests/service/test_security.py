@@ -227,3 +227,21 @@ def test_every_operator_override_is_journaled_with_actor_and_reason(
     journaled = [(c.type_name, getattr(c, "actor", None), getattr(c, "reason", None)) for c in cmds]
     for _, body, kind in steps:
         assert (kind, op.key_id, body["reason"]) in journaled
+
+
+def test_a_revoked_key_is_refused_by_the_running_server_at_once(sqlite_server: Server) -> None:
+    op = sqlite_server.client()
+    assert op.post("/v1/accounts", {"account_id": "rev"}).status_code in (200, 400)  # shared server
+    made = op.post("/v1/admin/keys", {"role": "account", "account_id": "rev"}).json()
+    user = sqlite_server.client(made["key_id"], made["token"])
+    assert user.get("/v1/accounts/rev").status_code == 200
+    assert user.post(f"/v1/admin/keys/{made['key_id']}/revoke", None).status_code == 403  # not an operator
+    r = op.post(f"/v1/admin/keys/{made['key_id']}/revoke", None)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"key_id": made["key_id"], "revoked": True}
+    after = user.get("/v1/accounts/rev")
+    assert after.status_code == 401
+    assert after.json()["error"]["code"] == "invalid_signature"
+    missing = op.post("/v1/admin/keys/pmk_0000000000000000/revoke", None)
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "unknown_key"

@@ -879,6 +879,18 @@ def create_app(settings: ServiceSettings, *, clock_ms: Callable[[], int] | None 
         await asyncio.to_thread(svc.auth.add_key, row)
         return {"key_id": row.key_id, "role": row.role, "account_id": row.account_id, "token": token}
 
+    @app.post("/v1/admin/keys/{key_id}/revoke", response_model=S.KeyRevoked, tags=["operator"])
+    async def revoke_key(
+        p: Auth, key_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{4,64}$", description="the key to revoke")]
+    ) -> dict[str, Any]:
+        """Revoke an API key: the running server refuses it from the next request on."""
+        op(p)
+        if key_id == p.key_id:
+            raise ApiError(400, "invalid_input", "an operator cannot revoke the key it is signing with")
+        if not await asyncio.to_thread(svc.auth.revoke, key_id):
+            raise ApiError(404, "unknown_key", "no such key", key_id=key_id)
+        return {"key_id": key_id, "revoked": True}
+
     # -- WebSocket -----------------------------------------------------------------------------------
 
     async def ws_auth(ws: WebSocket) -> Principal | None:

@@ -164,6 +164,12 @@ class Authenticator:
         self.side.put_key(row)
         self.reload()
 
+    def revoke(self, key_id: str) -> bool:
+        """Revoke a key in the table and refuse it from now on; False when no such key exists."""
+        found = self.side.revoke_key(key_id)
+        self.reload()
+        return found
+
     def verify(
         self, method: str, path_qs: str, headers: Mapping[str, str], body: bytes, now_ms: int | None = None
     ) -> Principal:

@@ -348,6 +348,11 @@ class StateOut(_Out):
     state_hash: str
 
 
+class KeyRevoked(_Out):
+    key_id: str
+    revoked: bool
+
+
 class RiskRow(_Out):
     account_id: str
     margin_ratio: float | None = Field(description="MM / equity of the cross bucket; null when infinite")
