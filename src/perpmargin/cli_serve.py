@@ -88,6 +88,9 @@ def serve(
     except PerpmarginError as e:
         raise _fail(e) from None
     log_config = setup_logging(settings.log_level)
+    # The sequencer thread and the event loop share one interpreter lock: hand it over every
+    # 0.5 ms instead of CPython's 5 ms so a flood of reads cannot hold a liquidation back (C26).
+    sys.setswitchinterval(0.0005)
     try:
         app = create_app(settings)
     except PerpmarginError as e:
