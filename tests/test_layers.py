@@ -226,3 +226,41 @@ FLOAT_SNIPPETS = {
 @pytest.mark.parametrize(("snippet", "violates"), FLOAT_SNIPPETS.values(), ids=list(FLOAT_SNIPPETS))
 def test_the_float_rule_catches(snippet: str, violates: bool) -> None:
     assert bool(float_violations(snippet, SRC / "engine.py")) is violates
+
+
+ADAPTERS = ("perpmargin.stress", "perpmargin.service", "perpmargin.cli", "perpmargin.demo")
+"""Adapter layers (stress lab, service, command line): they drive the engine; the core never imports them."""
+
+CORE_MODULES = sorted(
+    [SRC / n for n in (*MONEY_MODULES, "journal.py", "liquidation.py", "prices.py", "storage.py", "commands.py")]
+    + list((SRC / "batch").glob("*.py"))
+    + MATH_MODULES
+)
+
+
+def adapter_import_violations(source: str, path: Path) -> list[str]:
+    return [
+        f"line {imp.line}: imports the adapter {imp.module}"
+        for imp in imports_of(source, path)
+        if any(imp.module == a or imp.module.startswith(a + ".") or imp.module.startswith(a + "_") for a in ADAPTERS)
+    ]
+
+
+@pytest.mark.parametrize("path", CORE_MODULES, ids=lambda p: str(p.relative_to(SRC)))
+def test_the_core_never_imports_an_adapter(path: Path) -> None:
+    assert adapter_import_violations(path.read_text(encoding="utf-8"), path) == []
+
+
+@pytest.mark.parametrize(
+    ("snippet", "violates"),
+    [
+        ("from perpmargin.stress.runner import run_stress", True),
+        ("import perpmargin.service.app", True),
+        ("from perpmargin import cli_stress", True),
+        ("from perpmargin.batch import risk_snapshot", False),
+        ("from perpmargin.journal import replay", False),
+    ],
+    ids=["the stress lab", "the service", "a CLI module", "the batch kernel is core", "the journal is core"],
+)
+def test_the_adapter_rule_catches(snippet: str, violates: bool) -> None:
+    assert bool(adapter_import_violations(snippet, SRC / "engine.py")) is violates
