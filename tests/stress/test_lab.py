@@ -123,6 +123,7 @@ def test_a_lab_run_writes_its_outputs_and_its_journal_replays_to_the_same_state(
     assert (tmp_path / "journal.sqlite").exists()
     assert len(lab.backtests) == 2  # one per market of the scenario
     assert all(bt.long.observations > 0 for bt in lab.backtests.values())
+    assert all(bt.source.startswith(f"{sym} base MMR 0.4000%") for sym, bt in lab.backtests.items())
     again = run_lab(cfg, tmp_path / "again")
     assert again.result.event_log_hash == lab.result.event_log_hash
 

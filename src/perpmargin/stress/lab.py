@@ -195,7 +195,8 @@ def _backtests(venue: Venue, paths: Mapping[str, PricePath], horizon_steps: int)
         if len(p) <= horizon_steps:
             continue
         rate = market_margin_rate(venue.markets[sym], kind="maintenance", margin_rule=venue.rules.margin_rule)
-        reports[sym] = margin_backtest(p, horizon_steps=horizon_steps, rates=rate, measure="worst")
+        rep = margin_backtest(p, horizon_steps=horizon_steps, rates=rate, measure="worst")
+        reports[sym] = replace(rep, source=f"{sym} base MMR {format(float(rate), '.4%')} ({p.source or 'path'})")
     return reports
 
 
