@@ -123,7 +123,9 @@ def test_a_lab_run_writes_its_outputs_and_its_journal_replays_to_the_same_state(
     assert (tmp_path / "journal.sqlite").exists()
     assert len(lab.backtests) == 2  # one per market of the scenario
     assert all(bt.long.observations > 0 for bt in lab.backtests.values())
-    assert all(bt.source.startswith(f"{sym} base MMR 0.4000%") for sym, bt in lab.backtests.items())
+    # binance-usdm's first brackets: BTCUSDT 0.4 %, ETHUSDT 0.5 %
+    assert lab.backtests["BTCUSDT"].source.startswith("BTCUSDT base MMR 0.4000%")
+    assert lab.backtests["ETHUSDT"].source.startswith("ETHUSDT base MMR 0.5000%")
     again = run_lab(cfg, tmp_path / "again")
     assert again.result.event_log_hash == lab.result.event_log_hash
 
