@@ -21,10 +21,8 @@ def new_db(backend: str, tmp: Path) -> str:
     return str(tmp / "journal.sqlite")
 
 
-@pytest.fixture(scope="session", params=BACKENDS)
-def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """One server per backend for the whole session (modules use distinct account ids)."""
-    db = new_db(request.param, tmp_path_factory.mktemp("svc"))
+def _running(db: str) -> Iterator[Server]:
+    """Start a server on ``db``, yield it, stop it, and fail if its log holds an error or a 500."""
     srv = Server(db=db).start()
     try:
         yield srv
@@ -35,27 +33,19 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         assert "internal_error" not in log, log[-4000:]
 
 
+@pytest.fixture(scope="session", params=BACKENDS)
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server per backend for the whole session (modules use distinct account ids)."""
+    yield from _running(new_db(request.param, tmp_path_factory.mktemp("svc")))
+
+
 @pytest.fixture(scope="session")
 def sqlite_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One SQLite-backed server for the whole session (modules tolerate each other's accounts)."""
-    srv = Server(db=str(tmp_path_factory.mktemp("svc") / "journal.sqlite")).start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
-        log = srv.log()
-        assert '"level": "ERROR"' not in log, log[-4000:]
-        assert "internal_error" not in log, log[-4000:]
+    yield from _running(str(tmp_path_factory.mktemp("svc") / "journal.sqlite"))
 
 
 @pytest.fixture(scope="module")
 def own_sqlite_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A SQLite-backed server for one module only (e.g. Schemathesis, which halts and delists markets)."""
-    srv = Server(db=str(tmp_path_factory.mktemp("svc") / "journal.sqlite")).start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
-        log = srv.log()
-        assert '"level": "ERROR"' not in log, log[-4000:]
-        assert "internal_error" not in log, log[-4000:]
+    yield from _running(str(tmp_path_factory.mktemp("svc") / "journal.sqlite"))
