@@ -11,12 +11,10 @@ fate was unknown), and reopening recovers a state whose hash equals the replay o
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tempfile
-import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -29,9 +27,9 @@ from perpmargin.errors import ConfigError, JournalError, JournalStoppedError
 from perpmargin.journal import Journal, decode_command, replay
 from perpmargin.presets import load_venue
 from perpmargin.storage import FAULT_ENV, FaultSpec, FaultyStore, PostgresJournalStore, open_store, parse_fault
+from pg_support import PG_BASE
 
 VENUE = "binance-usdm"
-PG_BASE = os.environ.get("PERPMARGIN_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 T0 = 1_700_000_000_000
 
 
@@ -86,45 +84,6 @@ def stored_commands(url: str) -> list[Command]:
 
 
 # -- backends ------------------------------------------------------------------------------------
-
-
-def _pg_unreachable() -> str | None:
-    try:
-        import psycopg
-
-        with psycopg.connect(PG_BASE, connect_timeout=2):
-            return None
-    except Exception as e:  # any failure to reach the server is a reason to skip
-        return f"PostgreSQL not reachable at {PG_BASE} ({type(e).__name__}: {e})"
-
-
-_PG_SKIP = _pg_unreachable()
-
-
-def _pg_admin(sql: str) -> None:
-    import psycopg
-
-    with psycopg.connect(PG_BASE, autocommit=True) as conn:
-        conn.execute(sql.encode())
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A PostgreSQL journal URL in a fresh schema of its own (dropped afterwards)."""
-    if _PG_SKIP is not None:
-        pytest.skip(_PG_SKIP)
-    schema = f"pm_test_{uuid.uuid4().hex[:12]}"
-    sep = "&" if "?" in PG_BASE else "?"
-    yield f"{PG_BASE}{sep}schema={schema}"
-    _pg_admin(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh journal URL on each backend."""
-    if request.param == "sqlite":
-        return str(tmp_path / "journal.sqlite")
-    return str(request.getfixturevalue("pg_url"))
 
 
 # -- injected faults -------------------------------------------------------------------------------

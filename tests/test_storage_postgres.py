@@ -8,12 +8,11 @@ afterwards; they skip, saying why, only when no server can be reached.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +35,9 @@ from perpmargin.journal import (
 )
 from perpmargin.presets import load_venue
 from perpmargin.storage import PostgresJournalStore, describe_url, is_postgres_url, open_store
+from pg_support import PG_BASE, PG_SKIP, pg_admin, schema_of
 
 VENUE = "binance-usdm"
-PG_BASE = os.environ.get("PERPMARGIN_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 T0 = 1_700_000_000_000
 
 
@@ -82,56 +81,12 @@ def reference_hash(cmds: Sequence[Command]) -> str:
 # -- backends ------------------------------------------------------------------------------------
 
 
-def _pg_unreachable() -> str | None:
-    try:
-        import psycopg
-
-        with psycopg.connect(PG_BASE, connect_timeout=2):
-            return None
-    except Exception as e:  # any failure to reach the server is a reason to skip
-        return f"PostgreSQL not reachable at {PG_BASE} ({type(e).__name__}: {e})"
-
-
-_PG_SKIP = _pg_unreachable()
-
-
-def _schema_of(url: str) -> str:
-    return url.rsplit("schema=", 1)[1].split("&", 1)[0]
-
-
-def _pg_admin(sql: str, params: Sequence[Any] = (), *, schema: str | None = None) -> list[tuple[Any, ...]]:
-    import psycopg
-
-    with psycopg.connect(PG_BASE, autocommit=True) as conn:
-        if schema is not None:
-            conn.execute(f'SET search_path TO "{schema}"'.encode())
-        cur = conn.execute(sql.encode(), tuple(params))
-        return list(cur.fetchall()) if cur.description is not None else []
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A PostgreSQL journal URL in a fresh schema of its own (dropped afterwards)."""
-    if _PG_SKIP is not None:
-        pytest.skip(_PG_SKIP)
-    schema = f"pm_test_{uuid.uuid4().hex[:12]}"
-    sep = "&" if "?" in PG_BASE else "?"
-    yield f"{PG_BASE}{sep}schema={schema}"
-    _pg_admin(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh journal URL on each backend."""
-    if request.param == "sqlite":
-        return str(tmp_path / "journal.sqlite")
-    return str(request.getfixturevalue("pg_url"))
 
 
 def raw_sql(url: str, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
     """Run ``sql`` (``?`` placeholders) directly on the backend, behind the journal's back."""
     if is_postgres_url(url):
-        return _pg_admin(sql.replace("?", "%s"), params, schema=_schema_of(url))
+        return pg_admin(sql.replace("?", "%s"), params, schema=schema_of(url))
     conn = sqlite3.connect(url, isolation_level=None)
     try:
         return list(conn.execute(sql, tuple(params)).fetchall())
@@ -188,18 +143,18 @@ def test_postgresql_urls_open_a_postgresql_store(pg_url: str, scheme: str) -> No
     store = open_store(scheme + pg_url[pg_url.index("://") :])
     try:
         assert isinstance(store, PostgresJournalStore)
-        assert store.current_schema == _schema_of(pg_url)
+        assert store.current_schema == schema_of(pg_url)
         assert store.synchronous_commit == "on"
     finally:
         store.close()
 
 
 def test_libpq_search_path_options_select_an_existing_schema(pg_url: str) -> None:
-    schema = _schema_of(pg_url)
+    schema = schema_of(pg_url)
     via_options = pg_url.replace(f"schema={schema}", f"options=-csearch_path%3D{schema}")
     with pytest.raises(JournalError, match="no current schema"):
         open_store(via_options)  # libpq's way does not create the schema
-    _pg_admin(f'CREATE SCHEMA "{schema}"')
+    pg_admin(f'CREATE SCHEMA "{schema}"')
     live = write_journal(via_options, commands(4))
     assert replay(pg_url).state_hash() == live  # the same journal, named with schema=
 
@@ -268,16 +223,16 @@ def test_a_read_only_store_refuses_writes(pg_url: str) -> None:
 
 
 def test_a_schema_holding_only_some_journal_tables_is_refused(pg_url: str) -> None:
-    schema = _schema_of(pg_url)
-    _pg_admin(f'CREATE SCHEMA "{schema}"')
-    _pg_admin("CREATE TABLE records (x int)", schema=schema)
+    schema = schema_of(pg_url)
+    pg_admin(f'CREATE SCHEMA "{schema}"')
+    pg_admin("CREATE TABLE records (x int)", schema=schema)
     with pytest.raises(JournalError, match="only some"):
         open_store(pg_url)
 
 
 def test_a_server_side_error_becomes_a_journal_error(pg_url: str) -> None:
     write_journal(pg_url, commands(2))
-    _pg_admin("ALTER TABLE records ADD CONSTRAINT tiny CHECK (seq < 9)", schema=_schema_of(pg_url))
+    pg_admin("ALTER TABLE records ADD CONSTRAINT tiny CHECK (seq < 9)", schema=schema_of(pg_url))
     with Journal.open(pg_url) as j, pytest.raises(JournalError) as info:
         j.submit(commands(3)[-1])
     assert "append failed" in str(info.value.__cause__)
@@ -334,8 +289,8 @@ def test_reopening_recovers_from_the_latest_snapshot_and_replays_the_tail(url: s
 @settings(max_examples=8)
 @given(sizes=st.lists(st.integers(min_value=1, max_value=9), min_size=1, max_size=5), snap=st.integers(0, 30))
 def test_postgresql_recovery_equals_replay_for_any_batching(sizes: list[int], snap: int) -> None:
-    if _PG_SKIP is not None:
-        pytest.skip(_PG_SKIP)
+    if PG_SKIP is not None:
+        pytest.skip(PG_SKIP)
     schema = f"pm_test_{uuid.uuid4().hex[:12]}"
     url = f"{PG_BASE}{'&' if '?' in PG_BASE else '?'}schema={schema}"
     try:
@@ -352,7 +307,7 @@ def test_postgresql_recovery_equals_replay_for_any_batching(sizes: list[int], sn
             assert again.seq == len(cmds)
             assert again.state_hash() == reference_hash(cmds)
     finally:
-        _pg_admin(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        pg_admin(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 def test_a_second_writer_cannot_fork_the_chain(url: str) -> None:
