@@ -1989,22 +1989,9 @@ class PreparedMarket:
                 if sz is not None and px is not None and wq is not None:
                     k = _lp_ticks(self._lp_tab[s > 0], self._caps_x, s, sz, px, wq)  # type: ignore[index]
                     return None if k is None else _MUL(k, self._tick)
-            if type(size) is str:
-                qn, qd = _STR_CACHE.get(size) or _str_rat(size, "size")
-            else:
-                qn, qd = _num(size, "size")
-            if qn <= 0:
-                raise InvalidNumberError("size must be positive", field="size", value=str(size))
-            if type(entry) is str:
-                en, ed = _STR_CACHE.get(entry) or _str_rat(entry, "entry")
-            else:
-                en, ed = _num(entry, "entry")
-            if en <= 0:
-                raise InvalidNumberError("entry must be positive", field="entry", value=str(entry))
-            if type(wallet_balance) is str:
-                wn, wd = _STR_CACHE.get(wallet_balance) or _str_rat(wallet_balance, "wallet_balance")
-            else:
-                wn, wd = _num(wallet_balance, "wallet_balance")
+            qn, qd = _pos(size, "size")
+            en, ed = _pos(entry, "entry")
+            wn, wd = _num(wallet_balance, "wallet_balance")
             # On the quanta grids (the usual case), the integer tables of liquidation_price_px:
             size_sz, r0 = divmod(qn * self._sz_scale, qd)
             entry_px, r1 = divmod(en * self._pscale, ed)
